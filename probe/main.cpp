@@ -1,0 +1,58 @@
+// probe: the client and experimenter of deadpeer. Each command lives in its own file;
+// this file only dispatches and turns errors into exit codes.
+#include "cli.hpp"
+
+#include <deadpeer/config_error.hpp>
+
+#include <iostream>
+#include <map>
+
+namespace {
+
+constexpr std::string_view usage =
+    R"(probe: find out how fast dead TCP peers are noticed, and why connections end.
+
+Usage: probe <command> [options]      probe <command> --help for the command's options
+
+Commands:
+  bound     worst-case time to notice a dead peer with given keepalive settings,
+            for an idle and for a busy connection, with the arithmetic shown
+  tune      propose keepalive settings that notice a dead peer within a target time
+  presets   list the named keepalive presets and why each exists
+  explain   say what an error code (104, 10053, ECONNRESET) or a cause means
+
+Durations take a unit: 250ms, 1.5s, 30s, 5m, 2h.
+Keepalive settings are written idle:interval:count[:user_timeout], e.g. 60s:10s:5.
+Exit status: 0 done, 1 a negative answer (e.g. target cannot be met), 2 bad usage.
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::map<std::string, int (*)(const std::vector<std::string>&), std::less<>> commands{
+      {"bound", probe::command_bound},
+      {"tune", probe::command_tune},
+      {"presets", probe::command_presets},
+      {"explain", probe::command_explain},
+  };
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::cout << usage;
+    return args.empty() ? probe::exit_usage : probe::exit_ok;
+  }
+  const auto command = commands.find(args[0]);
+  try {
+    if (command == commands.end())
+      throw probe::usage_error("unknown command \"" + args[0] + "\" (see probe --help)");
+    return command->second({args.begin() + 1, args.end()});
+  } catch (const probe::usage_error& e) {
+    std::cerr << "probe: " << e.what() << "\n";
+    return probe::exit_usage;
+  } catch (const deadpeer::config_error& e) {
+    std::cerr << "probe: " << e.what() << "\n";
+    return probe::exit_usage;
+  } catch (const std::exception& e) {
+    std::cerr << "probe: error: " << e.what() << "\n";
+    return probe::exit_negative;
+  }
+}
