@@ -44,6 +44,7 @@ std::string describe_duration(std::chrono::milliseconds d);
 /// The keepalive presets as help text: name, spec and one-line rationale each.
 std::string presets_help();
 
+int command_connect(const std::vector<std::string>& args);
 int command_explain(const std::vector<std::string>& args);
 int command_bound(const std::vector<std::string>& args);
 int command_tune(const std::vector<std::string>& args);

@@ -20,6 +20,7 @@ Commands:
   tune      propose keepalive settings that notice a dead peer within a target time
   presets   list the named keepalive presets and why each exists
   explain   say what an error code (104, 10053, ECONNRESET) or a cause means
+  connect   run a heartbeat client against a heartbeat-server: RTT and why it ended
 
 Durations take a unit: 250ms, 1.5s, 30s, 5m, 2h.
 Keepalive settings are written idle:interval:count[:user_timeout], e.g. 60s:10s:5.
@@ -30,10 +31,9 @@ Exit status: 0 done, 1 a negative answer (e.g. target cannot be met), 2 bad usag
 
 int main(int argc, char** argv) {
   const std::map<std::string, int (*)(const std::vector<std::string>&), std::less<>> commands{
-      {"bound", probe::command_bound},
-      {"tune", probe::command_tune},
-      {"presets", probe::command_presets},
-      {"explain", probe::command_explain},
+      {"bound", probe::command_bound},     {"tune", probe::command_tune},
+      {"presets", probe::command_presets}, {"explain", probe::command_explain},
+      {"connect", probe::command_connect},
   };
   const std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {

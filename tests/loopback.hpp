@@ -87,7 +87,13 @@ class raw_peer {
   wire::decoder decoder_{wire::default_max_frame};
 };
 
-/// Two ends of a connection: a raw listener side accepts what a session client connects.
-int accept_raw(int listen_fd);
+/// A plain HTTP/1.1 GET with Connection: close, read to EOF.
+struct http_response {
+  int status = 0;
+  std::string content_type;
+  std::string body;
+};
+http_response http_get(unsigned short port, const std::string& target,
+                       std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
 }  // namespace deadpeer::test

@@ -71,6 +71,7 @@ session::session(socket_type socket, session_config config, session_handlers han
       handlers_(std::move(handlers)),
       watchdog_timer_(strand_),
       writer_signal_(strand_),
+      parked_reader_(strand_),
       state_(config_.role == session_role::server ? state::awaiting_hello
                                                   : state::awaiting_welcome),
       decoder_(wire::handshake_max_frame),
@@ -126,9 +127,10 @@ void session::close(wire::bye_reason reason, deadpeer::cause why) {
   });
 }
 
-void session::reject(wire::error_code code, std::string text, deadpeer::cause why) {
-  asio::post(strand_, [self = shared_from_this(), code, text = std::move(text), why]() mutable {
-    auto e = make_end(why, detected_by::application, close_mode::graceful,
+void session::reject(wire::error_code code, std::string text, deadpeer::cause why,
+                     deadpeer::detected_by by) {
+  asio::post(strand_, [self = shared_from_this(), code, text = std::move(text), why, by]() mutable {
+    auto e = make_end(why, by, close_mode::graceful,
                       wire::error{code, clip_error_text(std::move(text))});
     e.end.protocol_error = code;
     self->end_with(std::move(e));
@@ -169,6 +171,14 @@ asio::awaitable<void> session::reader() {
   while (!end_) {
     const auto [ec, n] = co_await socket_.async_read_some(asio::buffer(buffer), use_tuple);
     if (end_) co_return;
+    if (ec == asio::error::eof && !config_.end_on_eof) {
+      // Half-close: nothing more will arrive, but the peer may still read. Park until
+      // the session ends for another reason.
+      if (handlers_.on_peer_finished) handlers_.on_peer_finished();
+      parked_reader_.expires_at(steady_clock::time_point::max());
+      co_await parked_reader_.async_wait(use_tuple);
+      co_return;
+    }
     if (ec) {
       end_by_socket_error(ec, connection_context::operation::reading);
       co_return;
@@ -176,6 +186,7 @@ asio::awaitable<void> session::reader() {
     // Any byte is proof of life, even the first bytes of a frame still arriving.
     last_heard_ = steady_clock::now();
     if (detector_) detector_->record_arrival(last_heard_);
+    if (handlers_.on_heard) handlers_.on_heard(to_monotonic_ns(last_heard_));
     decoder_.feed(std::span<const std::byte>(buffer.data(), n));
     while (!end_) {
       auto next = decoder_.next();
@@ -195,13 +206,16 @@ asio::awaitable<void> session::watchdog() {
     const auto now = steady_clock::now();
     auto wake = steady_clock::time_point::max();
     if (state_ != state::established) {
-      if (now >= handshake_deadline_) {
+      if (config_.handshake_timeout.count() <= 0) {
+        // The owner enforces the handshake deadline; nothing to wake for.
+      } else if (now >= handshake_deadline_) {
         end_by_protocol(wire::error_code::handshake_timeout, config_.role == session_role::server
                                                                  ? "no HELLO in time"
                                                                  : "no WELCOME in time");
         co_return;
+      } else {
+        wake = handshake_deadline_;
       }
-      wake = handshake_deadline_;
     } else if (config_.heartbeat) {
       if (detector_->is_dead(now)) {
         end_with(make_end(cause::heartbeat_timeout, detected_by::heartbeat, close_mode::abortive));
@@ -277,6 +291,7 @@ asio::awaitable<void> session::finish() {
   socket_.close(ignored);
   watchdog_timer_.cancel();
   writer_signal_.cancel();
+  parked_reader_.cancel();
 
   e.end.opened_ns = opened_ns_;
   e.end.last_heard_ns = to_monotonic_ns(last_heard_);
@@ -401,6 +416,7 @@ void session::established(milliseconds interval, milliseconds dead_after, std::u
                           std::string client_id) {
   state_ = state::established;
   interval_ = interval;
+  roll_ping_delay();  // counted from the handshake's last frame, not due at once
   detector_ = make_detector(with_interval(config_.detector, interval), last_heard_);
   for (auto& frame : before_handshake_)
     outgoing_.push_back(std::move(frame));
@@ -418,14 +434,16 @@ void session::enqueue(const wire::frame& frame) {
   outgoing_.push_back(wire::encode(frame));
   ++frames_sent_;
   last_sent_ = steady_clock::now();
-  // The next PING is due one jittered interval after the last thing we sent.
-  if (interval_.count() > 0) {
-    std::uniform_real_distribution<double> factor(1.0 - config_.ping_jitter,
-                                                  1.0 + config_.ping_jitter);
-    ping_delay_ = std::chrono::duration_cast<nanoseconds>(std::chrono::duration<double, std::milli>(
-        static_cast<double>(interval_.count()) * factor(jitter_rng_)));
-  }
+  roll_ping_delay();
   writer_signal_.cancel();
+}
+
+void session::roll_ping_delay() {
+  // The next PING is due one jittered interval after the last thing we sent.
+  std::uniform_real_distribution<double> factor(1.0 - config_.ping_jitter,
+                                                1.0 + config_.ping_jitter);
+  ping_delay_ = std::chrono::duration_cast<nanoseconds>(std::chrono::duration<double, std::milli>(
+      static_cast<double>(interval_.count()) * factor(jitter_rng_)));
 }
 
 steady_clock::time_point session::next_ping_at() {
@@ -442,6 +460,7 @@ void session::end_with(pending_end end) {
   end_ = std::move(end);
   wake_watchdog();
   writer_signal_.cancel();
+  parked_reader_.cancel();
   // The reader may be parked in a read that nothing else would end.
   boost::system::error_code ignored;
   socket_.cancel(ignored);

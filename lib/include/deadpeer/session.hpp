@@ -58,8 +58,15 @@ struct session_config {
   detector_config detector = fixed_detector_config{};
   /// Each PING is sent after interval × (1 ± jitter) of sending nothing.
   double ping_jitter = 0.1;
-  /// HELLO (server) or WELCOME (client) must arrive within this.
+  /// HELLO (server) or WELCOME (client) must arrive within this; 0 disables the session's
+  /// own check (deadpeer::server enforces it from its reaper instead).
   std::chrono::milliseconds handshake_timeout{5000};
+  /// What the peer's FIN (EOF without BYE) means. true: the peer is gone, end now
+  /// (cause peer_closed, detected by eof) -- a crashed process looks exactly like this.
+  /// false: the peer only half-closed; keep the connection, stop reading, report it
+  /// through on_peer_finished and let the owner decide (the server's reaper ends it as a
+  /// CLOSE_WAIT ghost at its next sweep).
+  bool end_on_eof = true;
 
   // Client role.
   std::string client_id = "deadpeer";
@@ -112,6 +119,10 @@ struct session_handlers {
   std::function<void(const session_established&)> on_established;
   std::function<void(std::span<const std::byte>)> on_data;
   std::function<void(std::chrono::nanoseconds)> on_rtt;
+  /// Bytes arrived from the peer at this CLOCK_MONOTONIC time (any byte is life).
+  std::function<void(std::int64_t heard_ns)> on_heard;
+  /// The peer half-closed (only with end_on_eof = false).
+  std::function<void()> on_peer_finished;
   std::function<void(const session_end&)> on_end;
   /// Server role: decide on a HELLO. Return an ERROR to refuse it (sent, then a
   /// graceful close), nullopt to admit.
@@ -135,7 +146,8 @@ class session : public std::enable_shared_from_this<session> {
              deadpeer::cause why = deadpeer::cause::local_close);
   /// Graceful close with ERROR (e.g. server_full).
   void reject(wire::error_code code, std::string text,
-              deadpeer::cause why = deadpeer::cause::protocol_error);
+              deadpeer::cause why = deadpeer::cause::protocol_error,
+              deadpeer::detected_by by = deadpeer::detected_by::application);
   /// Abortive close (RST) for a peer judged dead by someone else (e.g. the reaper).
   void abort(deadpeer::cause why, deadpeer::detected_by by);
 
@@ -175,6 +187,7 @@ class session : public std::enable_shared_from_this<session> {
   void end_by_socket_error(std::error_code ec, connection_context::operation op);
   void end_by_protocol(wire::error_code code, std::string text);
   std::chrono::steady_clock::time_point next_ping_at();
+  void roll_ping_delay();
   void wake_watchdog();
 
   socket_type socket_;
@@ -183,6 +196,7 @@ class session : public std::enable_shared_from_this<session> {
   session_handlers handlers_;
   boost::asio::steady_timer watchdog_timer_;
   boost::asio::steady_timer writer_signal_;
+  boost::asio::steady_timer parked_reader_;  ///< reader waits here after a half-close
 
   state state_;
   wire::decoder decoder_;

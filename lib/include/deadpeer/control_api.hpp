@@ -1,0 +1,68 @@
+// The heartbeat-server's HTTP control API (Boost.Beast), loopback by default. It knows
+// nothing about sessions: it asks a control_source for JSON and metrics text and for
+// connection-end events, so it can be tested against a fake source and reused by any
+// embedding server.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace deadpeer {
+
+/// One connection-end event as served by GET /events.
+struct control_event {
+  std::uint64_t id = 0;  ///< increasing from 1; /events?since=ID returns ids > ID
+  std::string json;      ///< the event as a JSON object
+};
+
+/// What the control API serves. Called on the API's executor (the server's strand).
+class control_source {
+ public:
+  virtual ~control_source() = default;
+  /// GET /status body (JSON object).
+  virtual std::string status_json() = 0;
+  /// GET /connections body (JSON array).
+  virtual std::string connections_json() = 0;
+  /// GET /metrics body, Prometheus text exposition format 0.0.4.
+  virtual std::string metrics_text() = 0;
+  /// Events with id > since, oldest first, at most `limit`.
+  virtual std::vector<control_event> events_since(std::uint64_t since, std::size_t limit) = 0;
+  /// Calls `notify` once, the next time an event is appended (used for long-polls).
+  /// Must be cheap; the API calls it once per waiting request.
+  virtual void on_next_event(std::function<void()> notify) = 0;
+};
+
+/// The HTTP listener. Routes:
+///   GET /status, GET /connections, GET /metrics,
+///   GET /events?since=ID&wait=MS  (long-poll: returns at once if events exist, else waits
+///                                  up to MS, at most 60000, for the next one)
+/// Unknown paths: 404; bad parameters or methods: 400/405; bodies of errors are JSON
+/// {"error": "..."}.
+class control_api {
+ public:
+  /// Binds immediately (throws boost::system::system_error with the address on failure).
+  control_api(boost::asio::any_io_executor executor, boost::asio::ip::tcp::endpoint listen,
+              control_source& source);
+  ~control_api();
+  control_api(const control_api&) = delete;
+  control_api& operator=(const control_api&) = delete;
+
+  /// Starts accepting.
+  void start();
+  /// Stops accepting and closes open connections.
+  void stop();
+  boost::asio::ip::tcp::endpoint local_endpoint() const;
+
+ private:
+  struct impl;
+  std::shared_ptr<impl> impl_;
+};
+
+}  // namespace deadpeer

@@ -1,0 +1,138 @@
+// The SQLite store: every connection's end (server) and every experiment trial (probe)
+// written to one documented schema (docs/results-schema.md) that users query with plain
+// sqlite3. Writes go through a queue to a writer thread that commits in batches, so the
+// event loop never waits on the disk; a crash loses at most the last batch window and
+// never corrupts the file (WAL mode).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace deadpeer {
+
+/// The database could not be opened, migrated or written. what() names the file.
+class store_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// Schema version kept in PRAGMA user_version.
+inline constexpr int store_schema_version = 1;
+
+/// Round-trip times seen on one connection, in milliseconds.
+struct rtt_summary {
+  std::uint64_t samples = 0;
+  double min_ms = 0;
+  double mean_ms = 0;
+  double max_ms = 0;
+};
+
+/// One ended connection, as the server saw it. Times: *_mono_ns are CLOCK_MONOTONIC
+/// nanoseconds, *_unix_ms wall-clock milliseconds since the epoch.
+struct connection_record {
+  std::uint64_t session_id = 0;
+  std::string client_id;     ///< empty if the handshake never completed
+  std::string peer_address;  ///< "127.0.0.1:54321"
+  std::int64_t opened_mono_ns = 0;
+  std::int64_t ended_mono_ns = 0;  ///< when the end was decided (detection time)
+  std::int64_t last_heard_mono_ns = 0;
+  std::int64_t opened_unix_ms = 0;
+  std::int64_t ended_unix_ms = 0;
+  std::string cause;           ///< to_string(cause)
+  std::string detected_by;     ///< to_string(detected_by)
+  int error_number = 0;        ///< errno of the socket error, 0 if none
+  std::string error_name;      ///< "ETIMEDOUT", empty if none
+  std::string protocol_error;  ///< wire error code name, empty if none
+  std::string close_mode;      ///< "graceful", "abortive" or "plain"
+  rtt_summary rtt;
+  std::string keepalive;                   ///< keepalive spec in force ("1s:1s:3:0s", "off")
+  std::int64_t heartbeat_interval_ms = 0;  ///< 0: no heartbeat
+  std::int64_t dead_after_ms = 0;
+  std::string detector;  ///< failure_detector::describe()
+  std::uint64_t frames_received = 0;
+  std::uint64_t frames_sent = 0;
+};
+
+/// One probe invocation.
+struct run_record {
+  std::int64_t started_unix_ms = 0;
+  std::string version;      ///< deadpeer version
+  std::string host;         ///< hostname and kernel release
+  std::string command;      ///< the command line
+  std::string config_json;  ///< the full configuration as JSON
+};
+
+/// One fault injected and its measured detection.
+struct trial_record {
+  std::int64_t run_id = 0;
+  int trial = 0;           ///< 1-based index within its configuration
+  std::string fault;       ///< "crash", "cable-pull", ...
+  std::string config_key;  ///< canonical configuration string, used to resume sweeps
+  std::string keepalive;   ///< spec or "off"
+  std::int64_t heartbeat_interval_ms = 0;  ///< 0: heartbeat off
+  std::string detector;                    ///< describe() or "" when off
+  std::int64_t user_timeout_ms = 0;
+  std::int64_t bound_ms = -1;         ///< promised worst case; -1: no finite bound
+  std::int64_t fault_mono_ns = 0;     ///< t0
+  std::int64_t detected_mono_ns = 0;  ///< 0 if not detected
+  std::int64_t latency_ms = -1;  ///< detected - t0, -1 if not detected (fractional part dropped)
+  double latency_ms_exact = -1;  ///< with sub-millisecond precision
+  std::string detected_by;
+  std::string cause;
+  int error_number = 0;
+  std::string error_name;
+  std::string outcome;  ///< "detected", "missed" or "premature"
+  std::string note;     ///< free text: why missed, what was observed
+};
+
+/// Batched, asynchronous writer over one SQLite file.
+class event_store {
+ public:
+  struct options {
+    std::string path;                            ///< created if missing
+    std::chrono::milliseconds batch_window{50};  ///< longest a record waits in memory
+    std::size_t max_batch = 2000;                ///< records per transaction at most
+  };
+
+  /// Opens or creates the file, sets WAL, creates or checks the schema. Throws
+  /// store_error naming the file on failure (unwritable directory, not a database,
+  /// a newer schema version than this code knows).
+  explicit event_store(options o);
+  /// Flushes everything queued, then closes.
+  ~event_store();
+  event_store(const event_store&) = delete;
+  event_store& operator=(const event_store&) = delete;
+
+  /// Queue a record; never waits for the disk. Safe from any thread.
+  void record(connection_record r);
+  /// As above; throws std::invalid_argument (nothing queued) if outcome is not "detected",
+  /// "missed" or "premature", or run_id is not positive.
+  void record(trial_record r);
+  /// Inserts a run synchronously and returns its id (runs are rare; trials need the id).
+  /// Throws store_error if the insert fails.
+  std::int64_t begin_run(const run_record& r);
+
+  /// Blocks until everything queued before the call is committed. Throws store_error if
+  /// five write attempts fail while it waits (the records stay queued and are retried).
+  void flush();
+
+  /// Records committed so far, and still queued.
+  std::uint64_t written() const;
+  std::uint64_t queued() const;
+  /// The first write error seen by the writer thread, if any (records are then kept
+  /// queued and retried on the next batch, never silently dropped).
+  std::optional<std::string> last_error() const;
+
+  const std::string& path() const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace deadpeer

@@ -1,0 +1,623 @@
+// The store decides three things: how results reach the disk, what a crash may cost, and
+// who may touch the SQLite connection.
+//
+// Durability. The file is in WAL mode with synchronous=NORMAL. In WAL mode a commit is
+// complete once its frames are written to the -wal file (the OS page cache), so a process
+// crash, including kill -9, loses nothing that was committed and never corrupts the file;
+// only an OS crash or power loss can roll back the last commits since a checkpoint.
+// synchronous=FULL would add an fsync per commit for that case, which a results store
+// does not need. Opening checks that WAL really took: where WAL is impossible SQLite does
+// not fail, it answers with the journal mode it kept.
+//
+// Writes. record() only appends to an in-memory queue, so neither the server's event loop
+// nor the probe waits on the disk. One writer thread gathers what arrives within
+// batch_window of the first record (or max_batch records, or less when someone flushes)
+// and commits it as one transaction with statements prepared once. A batch that fails as
+// a whole (SQLITE_BUSY after busy_timeout, I/O error, disk full) is rolled back and kept;
+// the writer backs off (50 ms doubling to 1 s) and retries the same records, so nothing is
+// dropped silently; last_error() keeps the first error seen. flush() waits through retries
+// but throws store_error after five failed attempts instead of hanging; the records stay
+// queued. A single record the schema refuses (a trial whose run does not exist) can never
+// succeed: it is skipped inside the transaction, reported on stderr and in last_error(), and
+// the rest of the batch commits. Invalid outcomes and run ids are refused earlier, in
+// record(), so the caller hears about them. The destructor drains the queue; if the
+// database still fails after three attempts at shutdown (1 s busy timeout each, so the
+// destructor returns within ~8 s) it says on stderr how many records were lost and returns,
+// because a process that cannot exit is worse. The queue itself is unbounded: the rates
+// here (one row per connection end or trial) are far below what one SQLite file absorbs.
+//
+// Threads. One sqlite3 connection, opened SQLITE_OPEN_NOMUTEX, used only while holding
+// db_mutex: by the writer thread for batches and by begin_run() on the caller's thread.
+// The queue has its own mutex, never held while touching the database, so record() never
+// waits behind a commit. begin_run() may wait for the batch in progress; runs are rare.
+//
+// Schema. PRAGMA user_version holds the schema version. It is read and, for a new file,
+// the schema created inside one BEGIN IMMEDIATE transaction, so a server and a probe
+// opening the same new file at once cannot both create it. Values are stored as in the
+// structs, sentinels included (-1 latency, 0 for "none"); uint64 counters are stored as
+// the same 64-bit pattern in SQLite's signed INTEGER. See docs/results-schema.md.
+#include <deadpeer/store.hpp>
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cassert>
+#include <condition_variable>
+#include <cstdio>
+#include <ctime>
+#include <deque>
+#include <iostream>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <variant>
+
+namespace deadpeer {
+namespace {
+
+using namespace std::chrono_literals;
+using std::chrono::steady_clock;
+
+constexpr int busy_timeout_ms = 5000;
+// At shutdown each retry waits less for a lock, and only this many are made.
+constexpr int shutdown_busy_timeout_ms = 1000;
+constexpr int shutdown_attempts = 3;
+// flush() gives up (throws) after this many failed attempts while it waits.
+constexpr std::uint64_t flush_attempts = 5;
+constexpr auto first_backoff = 50ms;
+constexpr auto max_backoff = 1000ms;
+
+constexpr const char* schema_v1 = R"sql(
+CREATE TABLE connections (
+  id                    INTEGER PRIMARY KEY,
+  session_id            INTEGER NOT NULL,
+  client_id             TEXT    NOT NULL,
+  peer_address          TEXT    NOT NULL,
+  opened_mono_ns        INTEGER NOT NULL,
+  ended_mono_ns         INTEGER NOT NULL,
+  last_heard_mono_ns    INTEGER NOT NULL,
+  opened_unix_ms        INTEGER NOT NULL,
+  ended_unix_ms         INTEGER NOT NULL,
+  ended_at              TEXT,
+  cause                 TEXT    NOT NULL,
+  detected_by           TEXT    NOT NULL,
+  error_number          INTEGER NOT NULL,
+  error_name            TEXT    NOT NULL,
+  protocol_error        TEXT    NOT NULL,
+  close_mode            TEXT    NOT NULL,
+  rtt_samples           INTEGER NOT NULL,
+  rtt_min_ms            REAL,
+  rtt_mean_ms           REAL,
+  rtt_max_ms            REAL,
+  keepalive             TEXT    NOT NULL,
+  heartbeat_interval_ms INTEGER NOT NULL,
+  dead_after_ms         INTEGER NOT NULL,
+  detector              TEXT    NOT NULL,
+  frames_received       INTEGER NOT NULL,
+  frames_sent           INTEGER NOT NULL
+);
+CREATE INDEX connections_cause ON connections(cause);
+CREATE INDEX connections_client_id ON connections(client_id);
+
+CREATE TABLE runs (
+  id              INTEGER PRIMARY KEY,
+  started_unix_ms INTEGER NOT NULL,
+  started_at      TEXT,
+  version         TEXT    NOT NULL,
+  host            TEXT    NOT NULL,
+  command         TEXT    NOT NULL,
+  config_json     TEXT    NOT NULL
+);
+
+CREATE TABLE trials (
+  id                    INTEGER PRIMARY KEY,
+  run_id                INTEGER NOT NULL REFERENCES runs(id),
+  trial                 INTEGER NOT NULL,
+  fault                 TEXT    NOT NULL,
+  config_key            TEXT    NOT NULL,
+  keepalive             TEXT    NOT NULL,
+  heartbeat_interval_ms INTEGER NOT NULL,
+  detector              TEXT    NOT NULL,
+  user_timeout_ms       INTEGER NOT NULL,
+  bound_ms              INTEGER NOT NULL,
+  fault_mono_ns         INTEGER NOT NULL,
+  detected_mono_ns      INTEGER NOT NULL,
+  latency_ms            INTEGER NOT NULL,
+  latency_ms_exact      REAL,
+  detected_by           TEXT    NOT NULL,
+  cause                 TEXT    NOT NULL,
+  error_number          INTEGER NOT NULL,
+  error_name            TEXT    NOT NULL,
+  outcome               TEXT    NOT NULL CHECK(outcome IN ('detected','missed','premature')),
+  note                  TEXT    NOT NULL
+);
+CREATE INDEX trials_run_id ON trials(run_id);
+CREATE INDEX trials_config_key_fault ON trials(config_key, fault);
+)sql";
+
+constexpr const char* insert_connection_sql =
+    "INSERT INTO connections (session_id, client_id, peer_address, opened_mono_ns, "
+    "ended_mono_ns, last_heard_mono_ns, opened_unix_ms, ended_unix_ms, ended_at, cause, "
+    "detected_by, error_number, error_name, protocol_error, close_mode, rtt_samples, rtt_min_ms, "
+    "rtt_mean_ms, rtt_max_ms, keepalive, heartbeat_interval_ms, dead_after_ms, detector, "
+    "frames_received, frames_sent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?, ?, ?, ?, ?, ?)";
+
+constexpr const char* insert_trial_sql =
+    "INSERT INTO trials (run_id, trial, fault, config_key, keepalive, heartbeat_interval_ms, "
+    "detector, user_timeout_ms, bound_ms, fault_mono_ns, detected_mono_ns, latency_ms, "
+    "latency_ms_exact, detected_by, cause, error_number, error_name, outcome, note) VALUES (?, "
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+constexpr const char* insert_run_sql =
+    "INSERT INTO runs (started_unix_ms, started_at, version, host, command, config_json) "
+    "VALUES (?, ?, ?, ?, ?, ?)";
+
+struct db_closer {
+  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
+};
+struct stmt_finalizer {
+  void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
+};
+using db_ptr = std::unique_ptr<sqlite3, db_closer>;
+using stmt_ptr = std::unique_ptr<sqlite3_stmt, stmt_finalizer>;
+
+/// "2023-11-14T22:13:20.123Z"; nullopt for 0 (the structs' "not set").
+std::optional<std::string> iso_utc(std::int64_t unix_ms) {
+  if (unix_ms == 0) return std::nullopt;
+  std::int64_t seconds = unix_ms / 1000;
+  std::int64_t millis = unix_ms % 1000;
+  if (millis < 0) {
+    millis += 1000;
+    seconds -= 1;
+  }
+  const auto t = static_cast<std::time_t>(seconds);
+  std::tm tm{};
+  if (gmtime_r(&t, &tm) == nullptr) return std::nullopt;
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                static_cast<int>(millis));
+  return std::string(buf);
+}
+
+/// Binds parameters left to right; remembers the first failure.
+class binder {
+ public:
+  explicit binder(sqlite3_stmt* s) : stmt_(s) {}
+  binder& operator()(std::int64_t v) { return check(sqlite3_bind_int64(stmt_, ++index_, v)); }
+  // Stored as the same 64-bit pattern: values above INT64_MAX read back negative.
+  binder& operator()(std::uint64_t v) { return (*this)(static_cast<std::int64_t>(v)); }
+  binder& operator()(int v) { return check(sqlite3_bind_int(stmt_, ++index_, v)); }
+  // SQLite has no NaN: a NaN becomes NULL.
+  binder& operator()(double v) { return check(sqlite3_bind_double(stmt_, ++index_, v)); }
+  // The strings outlive the step that reads them, so SQLite need not copy them.
+  binder& operator()(const std::string& v) {
+    return check(
+        sqlite3_bind_text64(stmt_, ++index_, v.data(), v.size(), SQLITE_STATIC, SQLITE_UTF8));
+  }
+  binder& operator()(const std::optional<std::string>& v) {
+    if (!v) return check(sqlite3_bind_null(stmt_, ++index_));
+    return check(
+        sqlite3_bind_text64(stmt_, ++index_, v->data(), v->size(), SQLITE_TRANSIENT, SQLITE_UTF8));
+  }
+  int result() const {
+    assert(rc_ != SQLITE_OK || index_ == sqlite3_bind_parameter_count(stmt_));
+    return rc_;
+  }
+
+ private:
+  binder& check(int rc) {
+    if (rc_ == SQLITE_OK) rc_ = rc;
+    return *this;
+  }
+  sqlite3_stmt* stmt_;
+  int index_ = 0;
+  int rc_ = SQLITE_OK;
+};
+
+int bind(sqlite3_stmt* s, const connection_record& r) {
+  binder b(s);
+  b(r.session_id)(r.client_id)(r.peer_address)(r.opened_mono_ns)(r.ended_mono_ns)(
+      r.last_heard_mono_ns)(r.opened_unix_ms)(r.ended_unix_ms)(iso_utc(r.ended_unix_ms))(r.cause)(
+      r.detected_by)(r.error_number)(r.error_name)(r.protocol_error)(r.close_mode)(r.rtt.samples)(
+      r.rtt.min_ms)(r.rtt.mean_ms)(r.rtt.max_ms)(r.keepalive)(r.heartbeat_interval_ms)(
+      r.dead_after_ms)(r.detector)(r.frames_received)(r.frames_sent);
+  return b.result();
+}
+
+int bind(sqlite3_stmt* s, const trial_record& r) {
+  binder b(s);
+  b(r.run_id)(r.trial)(r.fault)(r.config_key)(r.keepalive)(r.heartbeat_interval_ms)(r.detector)(
+      r.user_timeout_ms)(r.bound_ms)(r.fault_mono_ns)(r.detected_mono_ns)(r.latency_ms)(
+      r.latency_ms_exact)(r.detected_by)(r.cause)(r.error_number)(r.error_name)(r.outcome)(r.note);
+  return b.result();
+}
+
+int bind(sqlite3_stmt* s, const run_record& r) {
+  binder b(s);
+  b(r.started_unix_ms)(iso_utc(r.started_unix_ms))(r.version)(r.host)(r.command)(r.config_json);
+  return b.result();
+}
+
+std::string describe(const connection_record& r) {
+  return "connection record (session " + std::to_string(r.session_id) + ", client \"" +
+         r.client_id + "\")";
+}
+std::string describe(const trial_record& r) {
+  return "trial record (run " + std::to_string(r.run_id) + ", " + r.config_key + " " + r.fault +
+         " #" + std::to_string(r.trial) + ")";
+}
+
+/// Errors that belong to one record and will fail the same way on every retry.
+bool record_error(int rc) {
+  const int primary = rc & 0xff;
+  return primary == SQLITE_CONSTRAINT || primary == SQLITE_TOOBIG || primary == SQLITE_MISMATCH;
+}
+
+}  // namespace
+
+struct event_store::impl {
+  using item = std::variant<connection_record, trial_record>;
+
+  struct batch_result {
+    bool committed = false;
+    std::size_t written = 0;
+    std::string error;  // whole-batch failure
+    std::vector<std::string> rejected;
+  };
+
+  options opts;
+  db_ptr db;
+  stmt_ptr insert_connection, insert_trial, insert_run, begin, commit, rollback;
+  std::mutex db_mutex;  // every use of db and the statements
+
+  std::mutex mutex;  // everything below, except the atomics
+  std::condition_variable wake_writer;
+  std::condition_variable progress;  // a batch finished, failed, or the writer ended
+  std::deque<item> queue;
+  std::uint64_t enqueued = 0;         // records ever accepted by record()
+  std::uint64_t resolved = 0;         // of those, committed, rejected or given up
+  std::uint64_t flush_target = 0;     // highest sequence a flush() waits for
+  std::uint64_t failed_attempts = 0;  // whole-batch failures, ever
+  std::uint64_t lost = 0;             // records given up (writer stopped or shutdown)
+  bool stopping = false;
+  bool writer_done = false;
+  std::optional<std::string> first_error;
+  std::atomic<std::uint64_t> written_count{0};
+  std::atomic<std::uint64_t> queued_count{0};
+
+  std::thread writer;
+
+  explicit impl(options o) : opts(std::move(o)) {
+    opts.max_batch = std::max<std::size_t>(opts.max_batch, 1);
+    opts.batch_window = std::max(opts.batch_window, std::chrono::milliseconds{0});
+    open();
+    writer = std::thread([this] { run_writer(); });
+  }
+
+  ~impl() {
+    {
+      std::lock_guard lock(mutex);
+      stopping = true;
+    }
+    wake_writer.notify_all();
+    writer.join();
+  }
+
+  // "cannot open /x/deadpeer.db: file is not a database"
+  [[noreturn]] void fail(const std::string& what) const {
+    throw store_error(what + " " + opts.path + ": " + sqlite3_errmsg(db.get()));
+  }
+
+  void exec(const char* sql, const char* what) {
+    if (sqlite3_exec(db.get(), sql, nullptr, nullptr, nullptr) != SQLITE_OK) fail(what);
+  }
+
+  std::string pragma_text(const char* sql, const char* what) {
+    sqlite3_stmt* raw = nullptr;
+    if (sqlite3_prepare_v2(db.get(), sql, -1, &raw, nullptr) != SQLITE_OK) fail(what);
+    stmt_ptr s(raw);
+    const int rc = sqlite3_step(s.get());
+    if (rc != SQLITE_ROW) fail(what);
+    const auto* text = sqlite3_column_text(s.get(), 0);
+    return text ? reinterpret_cast<const char*>(text) : "";
+  }
+
+  stmt_ptr prepare(const char* sql) {
+    sqlite3_stmt* raw = nullptr;
+    if (sqlite3_prepare_v3(db.get(), sql, -1, SQLITE_PREPARE_PERSISTENT, &raw, nullptr) !=
+        SQLITE_OK)
+      fail("cannot prepare statements (is it a deadpeer database?) for");
+    return stmt_ptr(raw);
+  }
+
+  void open() {
+    if (sqlite3_threadsafe() == 0)
+      throw store_error("cannot open " + opts.path +
+                        ": the SQLite library was built without thread support");
+    sqlite3* raw = nullptr;
+    const int rc =
+        sqlite3_open_v2(opts.path.c_str(), &raw,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+    db.reset(raw);
+    if (rc != SQLITE_OK) {
+      std::string msg = raw ? sqlite3_errmsg(raw) : sqlite3_errstr(rc);
+      throw store_error("cannot open " + opts.path + ": " + msg +
+                        " (does the directory exist, and may we write there?)");
+    }
+    sqlite3_extended_result_codes(db.get(), 1);
+    sqlite3_busy_timeout(db.get(), busy_timeout_ms);
+
+    // The first statement that reads the file is where "not a database" shows up.
+    const std::string mode = pragma_text("PRAGMA journal_mode=WAL", "cannot open");
+    if (mode != "wal")
+      throw store_error("cannot open " + opts.path +
+                        ": SQLite refused WAL journal mode (it stayed \"" + mode + "\")");
+    exec("PRAGMA synchronous=NORMAL", "cannot set synchronous=NORMAL on");
+    exec("PRAGMA foreign_keys=ON", "cannot enable foreign keys on");
+
+    exec("BEGIN IMMEDIATE", "cannot lock");
+    try {
+      const int version =
+          std::stoi(pragma_text("PRAGMA user_version", "cannot read the schema version of"));
+      if (version > store_schema_version)
+        throw store_error(opts.path + " was written by a newer deadpeer (schema " +
+                          std::to_string(version) + ", this build knows " +
+                          std::to_string(store_schema_version) + ")");
+      if (version == 0) {
+        exec(schema_v1, "cannot create the schema in");
+        exec("PRAGMA user_version=1", "cannot set the schema version of");
+      }
+      exec("COMMIT", "cannot commit the schema of");
+    } catch (...) {
+      sqlite3_exec(db.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+      throw;
+    }
+
+    insert_connection = prepare(insert_connection_sql);
+    insert_trial = prepare(insert_trial_sql);
+    insert_run = prepare(insert_run_sql);
+    begin = prepare("BEGIN IMMEDIATE");
+    commit = prepare("COMMIT");
+    rollback = prepare("ROLLBACK");
+  }
+
+  void push(item it) {
+    {
+      std::lock_guard lock(mutex);
+      queue.push_back(std::move(it));
+      ++enqueued;
+      queued_count.fetch_add(1, std::memory_order_relaxed);
+    }
+    wake_writer.notify_one();
+  }
+
+  // Steps a statement without arguments (BEGIN, COMMIT, ROLLBACK); on failure keeps
+  // SQLite's message in *error.
+  int step_once(sqlite3_stmt* s, std::string* error) {
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) rc = SQLITE_OK;
+    if (rc != SQLITE_OK && error) *error = sqlite3_errmsg(db.get());
+    sqlite3_reset(s);
+    return rc;
+  }
+
+  // Called with db_mutex held.
+  batch_result write_batch(const std::vector<item>& batch) {
+    batch_result result;
+    std::string error;
+    int rc = step_once(begin.get(), &error);
+    for (std::size_t i = 0; rc == SQLITE_OK && i < batch.size(); ++i) {
+      sqlite3_stmt* s = std::holds_alternative<connection_record>(batch[i])
+                            ? insert_connection.get()
+                            : insert_trial.get();
+      rc = std::visit([s](const auto& r) { return bind(s, r); }, batch[i]);
+      if (rc == SQLITE_OK) {
+        rc = sqlite3_step(s);
+        if (rc == SQLITE_DONE) rc = SQLITE_OK;
+      }
+      if (rc != SQLITE_OK && record_error(rc)) {
+        // SQLite undid this statement only; the transaction goes on without the record.
+        result.rejected.push_back(std::visit([](const auto& r) { return describe(r); }, batch[i]) +
+                                  ": " + sqlite3_errmsg(db.get()));
+        rc = SQLITE_OK;
+      } else if (rc == SQLITE_OK) {
+        ++result.written;
+      } else {
+        error = sqlite3_errmsg(db.get());
+      }
+      sqlite3_reset(s);
+      sqlite3_clear_bindings(s);  // no pointer into a record outlives the batch
+    }
+    if (rc == SQLITE_OK) rc = step_once(commit.get(), &error);
+    if (rc == SQLITE_OK) {
+      result.committed = true;
+      return result;
+    }
+    result.error = "writing " + std::to_string(batch.size()) + " records to " + opts.path +
+                   " failed: " + error;
+    // Some errors (disk full, I/O) roll back on their own; otherwise undo it ourselves.
+    if (sqlite3_get_autocommit(db.get()) == 0) step_once(rollback.get(), nullptr);
+    return result;
+  }
+
+  void run_writer() {
+    std::vector<item> batch;
+    auto backoff = std::chrono::milliseconds(first_backoff);
+    int shutdown_failures = 0;
+    std::unique_lock lock(mutex);
+    try {
+      for (;;) {
+        if (batch.empty()) {
+          wake_writer.wait(lock, [&] { return !queue.empty() || stopping; });
+          if (queue.empty()) break;  // stopping, and everything is written
+          const auto deadline = steady_clock::now() + opts.batch_window;
+          wake_writer.wait_until(lock, deadline, [&] {
+            return queue.size() >= opts.max_batch || stopping || flush_target > resolved;
+          });
+          const std::size_t n = std::min(queue.size(), opts.max_batch);
+          batch.reserve(n);
+          for (std::size_t i = 0; i < n; ++i) {
+            batch.push_back(std::move(queue.front()));
+            queue.pop_front();
+          }
+        }
+        const bool at_shutdown = stopping;
+        lock.unlock();
+        batch_result result;
+        {
+          std::lock_guard db_lock(db_mutex);
+          if (at_shutdown) sqlite3_busy_timeout(db.get(), shutdown_busy_timeout_ms);
+          result = write_batch(batch);
+        }
+        for (const auto& r : result.rejected)
+          std::cerr << "deadpeer store: " << opts.path << ": rejected " << r << std::endl;
+        lock.lock();
+
+        if (!result.rejected.empty() && !first_error) first_error = result.rejected.front();
+        if (result.committed) {
+          written_count.fetch_add(result.written, std::memory_order_relaxed);
+          finish(batch.size());
+          batch.clear();
+          backoff = first_backoff;
+          continue;
+        }
+
+        ++failed_attempts;
+        if (!first_error) first_error = result.error;
+        progress.notify_all();
+        if (stopping && ++shutdown_failures >= shutdown_attempts) {
+          const std::size_t n = batch.size() + queue.size();
+          std::cerr << "deadpeer store: " << opts.path
+                    << ": giving up at shutdown; records not written: " << n << " (" << result.error
+                    << ")" << std::endl;
+          queue.clear();
+          batch.clear();
+          give_up(n);
+          break;
+        }
+        // A stop request cuts the back-off short; shutdown retries are then bounded above.
+        wake_writer.wait_for(lock, stopping ? first_backoff : backoff,
+                             [&] { return stopping && !at_shutdown; });
+        backoff = std::min(backoff * 2, std::chrono::milliseconds(max_backoff));
+      }
+    } catch (const std::exception& x) {
+      if (lock.owns_lock()) lock.unlock();
+      {
+        // Leave no transaction open under begin_run().
+        std::lock_guard db_lock(db_mutex);
+        if (sqlite3_get_autocommit(db.get()) == 0) step_once(rollback.get(), nullptr);
+      }
+      lock.lock();
+      const std::size_t n = batch.size() + queue.size();
+      std::cerr << "deadpeer store: " << opts.path << ": writer stopped; records not written: " << n
+                << " (" << x.what() << ")" << std::endl;
+      if (!first_error) first_error = std::string("writer stopped: ") + x.what();
+      queue.clear();
+      give_up(n);
+    }
+    writer_done = true;
+    progress.notify_all();
+  }
+
+  // Called with mutex held: n more records are committed, rejected or given up.
+  void finish(std::size_t n) {
+    resolved += n;
+    queued_count.fetch_sub(n, std::memory_order_relaxed);
+    progress.notify_all();
+  }
+
+  void give_up(std::size_t n) {
+    lost += n;
+    finish(n);
+  }
+
+  void flush() {
+    std::unique_lock lock(mutex);
+    const std::uint64_t target = enqueued;
+    if (resolved >= target) return;
+    flush_target = std::max(flush_target, target);
+    wake_writer.notify_one();
+    const std::uint64_t failures_before = failed_attempts;
+    const std::uint64_t lost_before = lost;
+    progress.wait(lock, [&] {
+      return resolved >= target || writer_done ||
+             failed_attempts - failures_before >= flush_attempts;
+    });
+    if (resolved >= target && lost == lost_before) return;
+    const std::string what =
+        writer_done ? "the writer has stopped and records were lost"
+                    : std::to_string(flush_attempts) + " attempts failed; the records stay queued";
+    throw store_error("cannot flush " + opts.path + ": " + what +
+                      ". First error: " + first_error.value_or("none"));
+  }
+
+  std::int64_t begin_run(const run_record& r) {
+    std::lock_guard lock(db_mutex);
+    sqlite3_stmt* s = insert_run.get();
+    int rc = bind(s, r);
+    if (rc == SQLITE_OK) rc = sqlite3_step(s);
+    const std::int64_t id = sqlite3_last_insert_rowid(db.get());
+    std::string error = rc == SQLITE_DONE ? "" : sqlite3_errmsg(db.get());
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    if (rc != SQLITE_DONE)
+      throw store_error("cannot insert a run into " + opts.path + ": " + error);
+    return id;
+  }
+};
+
+namespace {
+
+void validate(const trial_record& r) {
+  if (r.outcome != "detected" && r.outcome != "missed" && r.outcome != "premature")
+    throw std::invalid_argument("trial outcome must be detected, missed or premature, not \"" +
+                                r.outcome + "\"");
+  if (r.run_id <= 0)
+    throw std::invalid_argument("trial run_id must be an id returned by begin_run(), not " +
+                                std::to_string(r.run_id));
+}
+
+}  // namespace
+
+event_store::event_store(options o) : impl_(std::make_unique<impl>(std::move(o))) {}
+
+event_store::~event_store() = default;
+
+void event_store::record(connection_record r) {
+  impl_->push(std::move(r));
+}
+
+void event_store::record(trial_record r) {
+  validate(r);
+  impl_->push(std::move(r));
+}
+
+std::int64_t event_store::begin_run(const run_record& r) {
+  return impl_->begin_run(r);
+}
+
+void event_store::flush() {
+  impl_->flush();
+}
+
+std::uint64_t event_store::written() const {
+  return impl_->written_count.load(std::memory_order_relaxed);
+}
+
+std::uint64_t event_store::queued() const {
+  return impl_->queued_count.load(std::memory_order_relaxed);
+}
+
+std::optional<std::string> event_store::last_error() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->first_error;
+}
+
+const std::string& event_store::path() const {
+  return impl_->opts.path;
+}
+
+}  // namespace deadpeer

@@ -1,0 +1,39 @@
+// Test support: a program run as a real child process, its stdout readable line by line
+// with a bounded wait, ended by its PID only (SIGKILL on destruction if still running).
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace deadpeer::test {
+
+class child_process {
+ public:
+  explicit child_process(const std::vector<std::string>& argv);
+  ~child_process();
+  child_process(const child_process&) = delete;
+  child_process& operator=(const child_process&) = delete;
+
+  int pid() const { return pid_; }
+  /// The next line of stdout, or nullopt on EOF or when `timeout` passes.
+  std::optional<std::string> read_line(std::chrono::milliseconds timeout);
+  /// Reads lines until one contains `text`; returns it, or nullopt.
+  std::optional<std::string> wait_for_line(const std::string& text,
+                                           std::chrono::milliseconds timeout);
+  void signal(int sig);
+  /// Waits for exit; the raw waitpid status, or nullopt if still running after `timeout`.
+  std::optional<int> wait(std::chrono::milliseconds timeout);
+  /// Everything read from stdout so far.
+  const std::string& output() const { return output_; }
+
+ private:
+  int pid_ = -1;
+  int stdout_fd_ = -1;
+  bool reaped_ = false;
+  std::string buffer_;
+  std::string output_;
+};
+
+}  // namespace deadpeer::test

@@ -1,0 +1,164 @@
+// The real programs as separate processes: heartbeat-server and several `probe connect`
+// clients, faults injected with signals, results read back through /events and SQL.
+#include "child_process.hpp"
+#include "loopback.hpp"
+
+#include <deadpeer/clock.hpp>
+
+#include <sqlite3.h>
+#include <boost/json.hpp>
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <map>
+#include <regex>
+
+using namespace std::chrono_literals;
+using deadpeer::test::child_process;
+using deadpeer::test::http_get;
+namespace json = boost::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct running_server {
+  fs::path dir;
+  std::unique_ptr<child_process> process;
+  unsigned short port = 0;
+  unsigned short control_port = 0;
+
+  running_server() {
+    dir = fs::temp_directory_path() / ("deadpeer-e2e-" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    process = std::make_unique<child_process>(std::vector<std::string>{
+        DEADPEER_SERVER_BINARY, "--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--db",
+        (dir / "e2e.db").string(), "--interval-default", "200ms", "--reap-interval", "100ms"});
+    const auto line = process->wait_for_line("listening on", 10s);
+    REQUIRE(line.has_value());
+    std::smatch m;
+    REQUIRE(std::regex_search(*line, m,
+                              std::regex(R"(on 127\.0\.0\.1:(\d+).*http://127\.0\.0\.1:(\d+))")));
+    port = static_cast<unsigned short>(std::stoi(m[1]));
+    control_port = static_cast<unsigned short>(std::stoi(m[2]));
+  }
+  ~running_server() {
+    process.reset();
+    std::error_code ignored;
+    fs::remove_all(dir, ignored);
+  }
+
+  json::object status() { return json::parse(http_get(control_port, "/status").body).as_object(); }
+
+  // Next connection end after `since` (long-poll, bounded).
+  json::object next_event(std::uint64_t& since) {
+    const auto body = json::parse(
+        http_get(control_port, "/events?since=" + std::to_string(since) + "&wait=10000").body);
+    const auto& events = body.at("events").as_array();
+    REQUIRE_FALSE(events.empty());
+    auto event = events.front().as_object();
+    since = static_cast<std::uint64_t>(event.at("id").as_int64());
+    return event;
+  }
+};
+
+std::unique_ptr<child_process> client(unsigned short port, const std::string& id) {
+  auto c = std::make_unique<child_process>(std::vector<std::string>{
+      DEADPEER_PROBE_BINARY, "connect", "--server", "127.0.0.1:" + std::to_string(port), "--id", id,
+      "--heartbeat", "200ms"});
+  REQUIRE(c->wait_for_line("connected to", 10s).has_value());
+  return c;
+}
+
+std::string str(const json::value& v) {
+  return std::string(v.as_string());
+}
+
+double ms_since(std::int64_t from_ns, const json::value& to_ns) {
+  return static_cast<double>(to_ns.as_int64() - from_ns) / 1e6;
+}
+
+}  // namespace
+
+TEST_CASE("end to end: crash, hang, half-close and takeover against heartbeat-server") {
+  running_server server;
+  auto crash = client(server.port, "crash");
+  auto hang = client(server.port, "hang");
+  auto twin = client(server.port, "twin");
+  REQUIRE(server.status().at("established").as_int64() == 3);
+  std::uint64_t since = 0;
+
+  // kill -9: the kernel closes the socket for the dead process (FIN, or RST if a PING
+  // was unread); either way the server knows within milliseconds.
+  const auto killed_at = deadpeer::monotonic_ns();
+  crash->signal(SIGKILL);
+  auto event = server.next_event(since);
+  CHECK(str(event.at("client_id")) == "crash");
+  CHECK((str(event.at("cause")) == "peer_closed" || str(event.at("cause")) == "peer_reset"));
+  const double crash_ms = ms_since(killed_at, event.at("decided_mono_ns"));
+  INFO("crash noticed after " << crash_ms << " ms");
+  CHECK(crash_ms < 100.0);
+
+  // SIGSTOP: the kernel still ACKs, only the heartbeat can tell.
+  hang->signal(SIGSTOP);
+  event = server.next_event(since);
+  CHECK(str(event.at("client_id")) == "hang");
+  CHECK(str(event.at("cause")) == "heartbeat_timeout");
+  CHECK(str(event.at("detected_by")) == "heartbeat");
+  const double silence = event.at("silence_ms").as_double();
+  INFO("hang noticed after " << silence << " ms of silence");
+  CHECK(silence >= 600.0);  // 3 x 200 ms
+  CHECK(silence <= 800.0);  // + one interval
+  hang->signal(SIGCONT);
+  // The server closed abortively: the woken client sees the reset and exits non-zero.
+  const auto hang_status = hang->wait(10s);
+  REQUIRE(hang_status.has_value());
+  CHECK(WEXITSTATUS(*hang_status) == 1);
+
+  // Half-close from a raw socket: FIN without BYE.
+  {
+    deadpeer::test::raw_peer half(server.port);
+    half.handshake("half", 5s);
+    half.shutdown_send();
+    event = server.next_event(since);
+    CHECK(str(event.at("client_id")) == "half");
+    CHECK(str(event.at("cause")) == "peer_closed");
+    CHECK(str(event.at("detected_by")) == "eof");
+  }
+
+  // The same id connects again: the old process is told it was superseded.
+  auto twin2 = client(server.port, "twin");
+  event = server.next_event(since);
+  CHECK(str(event.at("client_id")) == "twin");
+  CHECK(str(event.at("cause")) == "superseded");
+  CHECK(twin->wait_for_line("ended: superseded", 10s).has_value());
+
+  // SIGTERM: clean exit, every end flushed to the database.
+  twin2.reset();  // SIGKILL: one more end for the server to record while stopping
+  server.process->signal(SIGTERM);
+  const auto server_status = server.process->wait(15s);
+  REQUIRE(server_status.has_value());
+  CHECK(WIFEXITED(*server_status));
+  CHECK(WEXITSTATUS(*server_status) == 0);
+
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2((server.dir / "e2e.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) ==
+          SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "SELECT client_id, cause FROM connections ORDER BY id", -1, &stmt,
+                             nullptr) == SQLITE_OK);
+  std::multimap<std::string, std::string> rows;
+  while (sqlite3_step(stmt) == SQLITE_ROW)
+    rows.emplace(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)),
+                 reinterpret_cast<const char*>(sqlite3_column_text(stmt, 1)));
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  INFO("rows: " << rows.size());
+  CHECK(rows.size() == 5);  // crash, hang, half, twin (superseded), twin2
+  CHECK(rows.find("hang")->second == "heartbeat_timeout");
+  CHECK(rows.find("half")->second == "peer_closed");
+  CHECK(rows.count("twin") == 2);
+}

@@ -1,0 +1,446 @@
+#include <deadpeer/server.hpp>
+
+#include "loopback.hpp"
+
+#include <deadpeer/clock.hpp>
+#include <deadpeer/session.hpp>
+
+#include <sqlite3.h>
+#include <boost/asio/post.hpp>
+#include <boost/json.hpp>
+#include <catch2/catch.hpp>
+
+#include <sys/socket.h>
+
+#include <filesystem>
+#include <future>
+#include <set>
+#include <sstream>
+#include <thread>
+
+using namespace std::chrono_literals;
+using namespace deadpeer;
+using deadpeer::test::http_get;
+using deadpeer::test::io_thread;
+using deadpeer::test::raw_peer;
+namespace json = boost::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+template <typename Predicate>
+bool eventually(Predicate p, std::chrono::milliseconds limit = 10s) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!p()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+// A server on ephemeral ports with a temporary database, run on its own thread.
+class server_fixture {
+ public:
+  explicit server_fixture(std::function<void(server_options&)> adjust = {}) {
+    dir_ = fs::temp_directory_path() / ("deadpeer-server-test-" + std::to_string(::getpid()) + "-" +
+                                        std::to_string(counter_++));
+    fs::create_directories(dir_);
+    server_options o;
+    o.listen = {boost::asio::ip::make_address("127.0.0.1"), 0};
+    o.control = boost::asio::ip::tcp::endpoint{boost::asio::ip::make_address("127.0.0.1"), 0};
+    o.db_path = (dir_ / "server.db").string();
+    o.min_interval = 10ms;
+    o.default_interval = 100ms;
+    o.detector = fixed_detector_config{.interval = 100ms, .multiplier = 3.0, .timeout = 0ms};
+    o.handshake_timeout = 500ms;
+    o.reap_interval = 50ms;
+    if (adjust) adjust(o);
+    on_io([&] {
+      server_ = std::make_unique<server>(io_.context(), o);
+      server_->start();
+    });
+  }
+
+  ~server_fixture() {
+    std::promise<void> stopped;
+    on_io([&] { server_->stop([&] { stopped.set_value(); }); });
+    (void)stopped.get_future().wait_for(10s);
+    on_io([&] { server_.reset(); });
+    std::error_code ignored;
+    fs::remove_all(dir_, ignored);
+  }
+
+  // Runs `fn` on the server's thread and waits for it.
+  template <typename F>
+  void on_io(F fn) {
+    std::promise<void> done;
+    boost::asio::post(io_.context(), [&] {
+      fn();
+      done.set_value();
+    });
+    done.get_future().wait();
+  }
+
+  unsigned short port() {
+    unsigned short p = 0;
+    on_io([&] { p = server_->local_endpoint().port(); });
+    return p;
+  }
+  unsigned short control_port() {
+    unsigned short p = 0;
+    on_io([&] { p = server_->control_endpoint()->port(); });
+    return p;
+  }
+  json::value get_json(const std::string& target) {
+    const auto r = http_get(control_port(), target);
+    REQUIRE(r.status == 200);
+    return json::parse(r.body);
+  }
+  json::object status() { return get_json("/status").as_object(); }
+  std::int64_t live() { return status().at("live").as_int64(); }
+
+  // Waits for the next connection-end event after `since` through the long-poll.
+  json::object next_event(std::uint64_t& since) {
+    const auto body = get_json("/events?since=" + std::to_string(since) + "&wait=10000");
+    const auto& events = body.at("events").as_array();
+    REQUIRE_FALSE(events.empty());
+    const auto event = events.front().as_object();
+    since = static_cast<std::uint64_t>(event.at("id").as_int64());
+    return event;
+  }
+
+  // Rows of the store, after flushing: cause of every row by session id.
+  std::vector<std::pair<std::string, std::string>> stored_causes() {
+    on_io([&] { server_->flush_store(); });
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2((dir_ / "server.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) ==
+            SQLITE_OK);
+    sqlite3_stmt* stmt = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db, "SELECT cause, detected_by FROM connections ORDER BY id", -1,
+                               &stmt, nullptr) == SQLITE_OK);
+    std::vector<std::pair<std::string, std::string>> rows;
+    while (sqlite3_step(stmt) == SQLITE_ROW)
+      rows.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)),
+                        reinterpret_cast<const char*>(sqlite3_column_text(stmt, 1)));
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return rows;
+  }
+
+ private:
+  static inline int counter_ = 0;
+  fs::path dir_;
+  io_thread io_;
+  std::unique_ptr<server> server_;
+};
+
+std::string str(const json::value& v) {
+  return std::string(v.as_string());
+}
+
+// A client that stays connected and answers PINGs through the whole test: the server
+// must keep serving it whatever the others do.
+class bystander {
+ public:
+  explicit bystander(unsigned short port) : socket_(io_.context()) {
+    socket_.connect({boost::asio::ip::make_address("127.0.0.1"), port});
+    session_config c;
+    c.client_id = "bystander";
+    c.requested_interval = 50ms;
+    session_handlers h;
+    h.on_established = [this](const session_established&) { established_ = true; };
+    h.on_rtt = [this](std::chrono::nanoseconds) { ++rtt_samples_; };
+    h.on_end = [this](const session_end&) { ended_ = true; };
+    session_ = session::start(std::move(socket_), c, std::move(h));
+    REQUIRE(eventually([&] { return established_.load(); }));
+  }
+  ~bystander() { session_->close(); }
+  bool healthy() {
+    const int before = rtt_samples_;
+    return !ended_ && eventually([&] { return rtt_samples_ > before + 2; }, 5s);
+  }
+
+ private:
+  io_thread io_;
+  boost::asio::ip::tcp::socket socket_;
+  std::shared_ptr<session> session_;
+  std::atomic<bool> established_{false}, ended_{false};
+  std::atomic<int> rtt_samples_{0};
+};
+
+int open_fds() {
+  int n = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator("/proc/self/fd"))
+    ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("server: a closed client is recorded as peer_closed in /events and in SQL") {
+  server_fixture f;
+  std::uint64_t since = 0;
+  {
+    // A 5 s interval: no server PING is in flight when the client closes, so its close
+    // sends FIN. (Closing with an unread PING sends RST: the crash-rst case.)
+    raw_peer client(f.port());
+    const auto welcome = client.handshake("crashy", 5s);
+    CHECK(welcome.interval_ms == 5000);
+    CHECK(f.live() == 1);
+    const auto connections = f.get_json("/connections").as_array();
+    REQUIRE(connections.size() == 1);
+    CHECK(str(connections[0].at("client_id")) == "crashy");
+    CHECK(str(connections[0].at("kernel").at("state")) == "ESTABLISHED");
+  }  // closed: FIN
+  const auto event = f.next_event(since);
+  CHECK(str(event.at("cause")) == "peer_closed");
+  CHECK(str(event.at("detected_by")) == "eof");
+  CHECK(str(event.at("client_id")) == "crashy");
+  CHECK(f.stored_causes() ==
+        std::vector<std::pair<std::string, std::string>>{{"peer_closed", "eof"}});
+  CHECK(f.live() == 0);
+}
+
+TEST_CASE("server: a silent client is declared dead by its heartbeat detector") {
+  server_fixture f;
+  std::uint64_t since = 0;
+  raw_peer client(f.port());
+  client.handshake("silent", 100ms);
+  const auto event = f.next_event(since);
+  CHECK(str(event.at("cause")) == "heartbeat_timeout");
+  CHECK(str(event.at("detected_by")) == "heartbeat");
+  const double silence = event.at("silence_ms").as_double();
+  CHECK(silence >= 300.0);
+  CHECK(silence <= 400.0);
+}
+
+TEST_CASE("server: the same client id supersedes the old session") {
+  server_fixture f;
+  raw_peer first(f.port());
+  first.handshake("phone-1", 100ms);
+  raw_peer second(f.port());
+  second.handshake("phone-1", 100ms);
+  // The first connection is told why, then closed gracefully.
+  bool superseded = false;
+  for (int i = 0; i < 20 && !superseded; ++i) {
+    const auto r = first.read_frame();
+    if (r.eof || r.error) break;
+    for (const auto& frame : r.frames)
+      if (const auto* bye = std::get_if<wire::bye>(&frame))
+        superseded = bye->reason == wire::bye_reason::superseded;
+  }
+  CHECK(superseded);
+  first.close();
+  REQUIRE(eventually([&] { return f.live() == 1; }));
+  const auto s = f.status();
+  CHECK(s.at("superseded").as_int64() == 1);
+  CHECK(s.at("ended_by_cause").at("superseded").as_int64() == 1);
+}
+
+TEST_CASE("server: 1000 reconnects of one id leave one session and no leaked sockets") {
+  server_fixture f;
+  const auto port = f.port();
+  const int fds_before = open_fds();
+  auto previous = std::make_unique<raw_peer>(port);
+  previous->handshake("storm", 100ms);
+  for (int i = 0; i < 1000; ++i) {
+    auto next = std::make_unique<raw_peer>(port);
+    next->handshake("storm", 100ms);
+    previous->close();  // the old link is gone (a cable pull, a NAT rebinding)
+    previous = std::move(next);
+  }
+  REQUIRE(eventually([&] { return f.live() == 1; }));
+  const auto connections = f.get_json("/connections").as_array();
+  REQUIRE(connections.size() == 1);
+  CHECK(str(connections[0].at("client_id")) == "storm");
+  CHECK(f.status().at("superseded").as_int64() == 1000);
+  // One live connection: our client end and the server's end, nothing else left over.
+  CHECK(eventually([&] { return open_fds() <= fds_before + 2; }));
+}
+
+TEST_CASE("server: bad clients are ended with the right cause while others are served") {
+  server_fixture f;
+  const auto port = f.port();
+  bystander b(port);
+  std::uint64_t since = 0;
+
+  SECTION("garbage bytes") {
+    raw_peer bad(port);
+    const std::string garbage = "GET / HTTP/1.1\r\n\r\n";
+    REQUIRE_FALSE(bad.send_bytes(std::as_bytes(std::span(garbage.data(), garbage.size()))));
+    const auto r = bad.read_to_end();
+    REQUIRE(r.frames.size() == 1);
+    CHECK(std::get<wire::error>(r.frames[0]).code == wire::error_code::frame_too_large);
+    CHECK(r.eof);
+    bad.close();
+    CHECK(str(f.next_event(since).at("protocol_error")) == "frame_too_large");
+  }
+  SECTION("no HELLO within the handshake timeout (slowloris)") {
+    raw_peer slow(port);
+    const auto started = monotonic_ns();
+    const auto r = slow.read_to_end();
+    REQUIRE(r.frames.size() == 1);
+    CHECK(std::get<wire::error>(r.frames[0]).code == wire::error_code::handshake_timeout);
+    const auto waited_ms = (monotonic_ns() - started) / 1'000'000;
+    CHECK(waited_ms >= 500);
+    CHECK(waited_ms <= 500 + 2 * 50 + 200);  // timeout + ring granularity + slack
+    slow.close();
+    const auto event = f.next_event(since);
+    CHECK(str(event.at("cause")) == "handshake_timeout");
+    CHECK(str(event.at("detected_by")) == "reaper");
+    CHECK(f.status().at("reaped").at("handshake").as_int64() == 1);
+  }
+  SECTION("a ping flood") {
+    raw_peer flood(port);
+    flood.handshake("flood", 100ms);
+    for (std::uint64_t i = 1; i <= 10; ++i)
+      flood.send_frame(wire::ping{.sequence = i, .timestamp_ns = i});
+    const auto r = flood.read_to_end();
+    bool got_error = false;
+    for (const auto& frame : r.frames)
+      if (const auto* e = std::get_if<wire::error>(&frame))
+        got_error = e->code == wire::error_code::too_many_pings;
+    CHECK(got_error);
+    flood.close();
+    CHECK(str(f.next_event(since).at("protocol_error")) == "too_many_pings");
+  }
+  SECTION("a reset in the middle of a frame") {
+    raw_peer resetter(port);
+    resetter.handshake("resetter", 100ms);
+    const std::array<std::byte, 3> half_header{std::byte{0}, std::byte{0}, std::byte{0}};
+    REQUIRE_FALSE(resetter.send_bytes(half_header));
+    resetter.close_with_reset();
+    const auto event = f.next_event(since);
+    CHECK(str(event.at("cause")) == "peer_reset");
+    CHECK(str(event.at("detected_by")) == "reset");
+  }
+  SECTION("a half-close is a FIN: peer_closed by default") {
+    raw_peer half(port);
+    half.handshake("half", 100ms);
+    half.shutdown_send();
+    const auto event = f.next_event(since);
+    CHECK(str(event.at("cause")) == "peer_closed");
+    CHECK(str(event.at("detected_by")) == "eof");
+  }
+  CHECK(b.healthy());
+}
+
+TEST_CASE("server: with --on-eof reap, a half-closed client is reaped as CLOSE_WAIT") {
+  server_fixture f([](server_options& o) {
+    o.end_on_eof = false;
+    o.reap_interval = 100ms;
+    o.detector = fixed_detector_config{.interval = 1s, .multiplier = 3.0, .timeout = 0ms};
+    o.default_interval = 1s;
+  });
+  std::uint64_t since = 0;
+  raw_peer half(f.port());
+  half.handshake("half", 1s);
+  const auto closed_at = monotonic_ns();
+  half.shutdown_send();
+  const auto event = f.next_event(since);
+  CHECK(str(event.at("cause")) == "reaped");
+  CHECK(str(event.at("detected_by")) == "reaper");
+  // Within about one sweep, long before the 3 s heartbeat deadline.
+  const auto latency_ms =
+      (static_cast<std::int64_t>(event.at("decided_mono_ns").as_int64()) - closed_at) / 1'000'000;
+  INFO("reaped " << latency_ms << " ms after the half-close");
+  CHECK(latency_ms <= 2 * 100 + 100);
+  CHECK(f.status().at("reaped").at("close_wait").as_int64() == 1);
+}
+
+TEST_CASE("server: --max-connections refuses newcomers with ERROR server_full") {
+  server_fixture f([](server_options& o) { o.max_connections = 2; });
+  raw_peer a(f.port()), b(f.port());
+  a.handshake("a", 100ms);
+  b.handshake("b", 100ms);
+  raw_peer c(f.port());
+  const auto r = c.read_to_end();
+  REQUIRE(r.frames.size() == 1);
+  CHECK(std::get<wire::error>(r.frames[0]).code == wire::error_code::server_full);
+  CHECK(r.eof);  // a graceful close, not a silent drop or a reset
+  CHECK(f.status().at("rejected").at("server_full").as_int64() == 1);
+}
+
+TEST_CASE("server: with an auth token, only clients that prove it get in or take over") {
+  server_fixture f([](server_options& o) { o.auth_token = "s3cret"; });
+  raw_peer owner(f.port());
+  owner.send_frame(wire::hello{
+      .version = 1, .client_id = "meter-7", .requested_interval_ms = 100, .auth_token = "s3cret"});
+  REQUIRE(owner.read_frame().frames.size() == 1);
+  raw_peer intruder(f.port());
+  intruder.send_frame(wire::hello{
+      .version = 1, .client_id = "meter-7", .requested_interval_ms = 100, .auth_token = "guess"});
+  const auto r = intruder.read_to_end();
+  REQUIRE(r.frames.size() == 1);
+  CHECK(std::get<wire::error>(r.frames[0]).code == wire::error_code::auth_failed);
+  CHECK(f.status().at("superseded").as_int64() == 0);
+  const auto connections = f.get_json("/connections").as_array();
+  CHECK(connections.size() == 2);  // the owner, and the intruder until its close completes
+}
+
+TEST_CASE("server: /metrics is valid Prometheus text with the documented families") {
+  server_fixture f;
+  std::uint64_t since = 0;
+  {
+    raw_peer client(f.port());
+    client.handshake("metrics", 5s);
+  }
+  (void)f.next_event(since);
+  const auto r = http_get(f.control_port(), "/metrics");
+  REQUIRE(r.status == 200);
+  CHECK_THAT(r.content_type, Catch::StartsWith("text/plain; version=0.0.4"));
+  const std::string& text = r.body;
+  INFO(text);
+  for (const char* family :
+       {"deadpeer_live_connections", "deadpeer_detections_total",
+        "deadpeer_detection_latency_seconds", "deadpeer_heartbeat_rtt_seconds"})
+    CHECK_THAT(text, Catch::Contains(std::string("# TYPE ") + family));
+  CHECK_THAT(text, Catch::Contains(
+                       "deadpeer_detections_total{cause=\"peer_closed\",detected_by=\"eof\"} 1"));
+  // Exposition rules: every sample belongs to a family declared once with TYPE before
+  // it; histogram buckets are cumulative and end with +Inf equal to _count.
+  std::set<std::string> declared;
+  std::string current;
+  std::istringstream lines(text);
+  std::string line;
+  double last_bucket = -1;
+  while (std::getline(lines, line)) {
+    REQUIRE_FALSE(line.empty());
+    if (line.rfind("# TYPE ", 0) == 0) {
+      current = line.substr(7, line.find(' ', 7) - 7);
+      CHECK(declared.insert(current).second);
+      last_bucket = -1;
+      continue;
+    }
+    if (line.rfind("# HELP ", 0) == 0) continue;
+    const auto name = line.substr(0, line.find_first_of("{ "));
+    CHECK(name.rfind(current, 0) == 0);
+    const auto value = std::stod(line.substr(line.rfind(' ') + 1));
+    if (name == current + "_bucket") {
+      CHECK(value >= last_bucket);
+      last_bucket = value;
+    }
+    if (name == current + "_count") CHECK(value == last_bucket);
+  }
+}
+
+TEST_CASE("server: /events long-poll answers when an end happens") {
+  server_fixture f;
+  raw_peer client(f.port());
+  client.handshake("poller", 1s);
+  auto poll = std::async(std::launch::async,
+                         [&] { return http_get(f.control_port(), "/events?since=0&wait=10000"); });
+  CHECK(poll.wait_for(200ms) == std::future_status::timeout);  // nothing ended yet
+  client.close();
+  REQUIRE(poll.wait_for(5s) == std::future_status::ready);
+  const auto body = json::parse(poll.get().body);
+  CHECK(body.at("events").as_array().size() == 1);
+}
+
+TEST_CASE("server: bad control API requests get 404 and 400 with JSON errors") {
+  server_fixture f;
+  CHECK(http_get(f.control_port(), "/nope").status == 404);
+  const auto bad = http_get(f.control_port(), "/events?since=abc");
+  CHECK(bad.status == 400);
+  CHECK(json::parse(bad.body).as_object().contains("error"));
+}

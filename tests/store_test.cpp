@@ -1,0 +1,738 @@
+#include <deadpeer/store.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+using deadpeer::connection_record;
+using deadpeer::event_store;
+using deadpeer::run_record;
+using deadpeer::store_error;
+using deadpeer::trial_record;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+namespace {
+
+/// A fresh directory under the system temp directory, removed with everything in it.
+class temp_dir {
+ public:
+  temp_dir() {
+    static std::atomic<int> counter{0};
+    std::random_device random;
+    path_ =
+        fs::temp_directory_path() / ("deadpeer-store-test-" + std::to_string(::getpid()) + "-" +
+                                     std::to_string(counter++) + "-" + std::to_string(random()));
+    fs::create_directories(path_);
+  }
+  ~temp_dir() {
+    std::error_code ignored;
+    fs::remove_all(path_, ignored);
+  }
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+/// A plain sqlite3 connection, the way a user's own tools see the file.
+class raw_db {
+ public:
+  explicit raw_db(const std::string& path) {
+    if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
+        SQLITE_OK)
+      throw std::runtime_error(path + ": " + sqlite3_errmsg(db_));
+    sqlite3_busy_timeout(db_, 5000);
+  }
+  ~raw_db() { sqlite3_close_v2(db_); }
+  raw_db(const raw_db&) = delete;
+  raw_db& operator=(const raw_db&) = delete;
+
+  void exec(const std::string& sql) {
+    if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK)
+      throw std::runtime_error(sql + ": " + sqlite3_errmsg(db_));
+  }
+
+  /// Every row of a query, every column as text ("NULL" for NULL).
+  std::vector<std::vector<std::string>> rows(const std::string& sql) {
+    sqlite3_stmt* s = nullptr;
+    if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &s, nullptr) != SQLITE_OK)
+      throw std::runtime_error(sql + ": " + sqlite3_errmsg(db_));
+    std::vector<std::vector<std::string>> out;
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+      std::vector<std::string> row;
+      for (int i = 0; i < sqlite3_column_count(s); ++i) {
+        const auto* t = sqlite3_column_text(s, i);
+        row.emplace_back(t ? reinterpret_cast<const char*>(t) : "NULL");
+      }
+      out.push_back(std::move(row));
+    }
+    std::string error = sqlite3_errmsg(db_);
+    sqlite3_finalize(s);
+    if (rc != SQLITE_DONE) throw std::runtime_error(sql + ": " + error);
+    return out;
+  }
+
+  std::string text(const std::string& sql) {
+    auto r = rows(sql);
+    if (r.empty() || r.front().empty()) throw std::runtime_error(sql + ": no result");
+    return r.front().front();
+  }
+  std::int64_t integer(const std::string& sql) { return std::stoll(text(sql)); }
+  sqlite3* get() { return db_; }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
+
+std::int64_t count_rows(const std::string& path) {
+  raw_db db(path);
+  return db.integer("SELECT (SELECT count(*) FROM connections) + (SELECT count(*) FROM trials)");
+}
+
+connection_record make_connection(int i) {
+  connection_record r;
+  r.session_id = static_cast<std::uint64_t>(i) + 1;
+  r.client_id = "client-" + std::to_string(i % 50);
+  r.peer_address = "127.0.0.1:" + std::to_string(40000 + i % 20000);
+  r.opened_mono_ns = 1'000'000'000LL * i;
+  r.last_heard_mono_ns = r.opened_mono_ns + 5'000'000'000LL;
+  r.ended_mono_ns = r.last_heard_mono_ns + 3'000'000'000LL;
+  r.opened_unix_ms = 1'700'000'000'000LL + i;
+  r.ended_unix_ms = r.opened_unix_ms + 8000;
+  r.cause = "heartbeat_timeout";
+  r.detected_by = "heartbeat";
+  r.close_mode = "abortive";
+  r.rtt = {.samples = 5, .min_ms = 0.1, .mean_ms = 0.2, .max_ms = 0.4};
+  r.keepalive = "1s:1s:3:0s";
+  r.heartbeat_interval_ms = 1000;
+  r.dead_after_ms = 3000;
+  r.detector = "fixed 3000ms";
+  r.frames_received = 10;
+  r.frames_sent = 11;
+  return r;
+}
+
+trial_record make_trial(std::int64_t run_id, int i) {
+  trial_record r;
+  r.run_id = run_id;
+  r.trial = i;
+  r.fault = "cable-pull";
+  r.config_key = "ka=1s:1s:3 hb=off";
+  r.keepalive = "1s:1s:3";
+  r.bound_ms = 4000;
+  r.fault_mono_ns = 1'000'000'000LL * i;
+  r.detected_mono_ns = r.fault_mono_ns + 3'500'000'000LL;
+  r.latency_ms = 3500;
+  r.latency_ms_exact = 3500.25;
+  r.detected_by = "keepalive";
+  r.cause = "keepalive_timeout";
+  r.error_number = 110;
+  r.error_name = "ETIMEDOUT";
+  r.outcome = "detected";
+  return r;
+}
+
+run_record make_run() {
+  run_record r;
+  r.started_unix_ms = 1'700'000'000'000LL;
+  r.version = "0.1.0";
+  r.host = "testhost 6.1.0";
+  r.command = "probe sweep --faults cable-pull";
+  r.config_json = R"({"faults":["cable-pull"]})";
+  return r;
+}
+
+event_store::options options_for(const std::string& path) {
+  event_store::options o;
+  o.path = path;
+  return o;
+}
+
+/// The message of the store_error that opening throws; fails the test if none is thrown.
+std::string open_error(const std::string& path) {
+  try {
+    event_store store(options_for(path));
+  } catch (const store_error& e) {
+    return e.what();
+  }
+  FAIL("opening " << path << " did not throw store_error");
+  return {};
+}
+
+std::vector<std::string> column_names(raw_db& db, const std::string& table) {
+  std::vector<std::string> names;
+  for (auto& row : db.rows("SELECT name FROM pragma_table_info('" + table + "') ORDER BY cid"))
+    names.push_back(row.at(0));
+  return names;
+}
+
+/// Redirects file descriptor 2 into a file while alive.
+class capture_stderr {
+ public:
+  explicit capture_stderr(const std::string& file) : file_(file) {
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ::dup2(fd, 2);
+    ::close(fd);
+  }
+  ~capture_stderr() { restore(); }
+  capture_stderr(const capture_stderr&) = delete;
+  capture_stderr& operator=(const capture_stderr&) = delete;
+  std::string finish() {
+    restore();
+    std::ifstream in(file_);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  }
+
+ private:
+  void restore() {
+    if (saved_ < 0) return;
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+    saved_ = -1;
+  }
+  std::string file_;
+  int saved_ = -1;
+};
+
+}  // namespace
+
+TEST_CASE("a new file gets schema v1 in WAL mode") {
+  temp_dir dir;
+  const auto path = dir.file("deadpeer.db");
+  event_store store(options_for(path));
+  CHECK(store.path() == path);
+
+  raw_db db(path);
+  CHECK(db.integer("PRAGMA user_version") == deadpeer::store_schema_version);
+  CHECK(db.integer("PRAGMA user_version") == 1);
+  CHECK(db.text("PRAGMA journal_mode") == "wal");
+  CHECK(db.rows("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name") ==
+        std::vector<std::vector<std::string>>{{"connections"}, {"runs"}, {"trials"}});
+  CHECK(db.rows("SELECT name FROM sqlite_schema WHERE type = 'index' ORDER BY name") ==
+        std::vector<std::vector<std::string>>{{"connections_cause"},
+                                              {"connections_client_id"},
+                                              {"trials_config_key_fault"},
+                                              {"trials_run_id"}});
+  // The column lists are the documented ones (docs/results-schema.md).
+  CHECK(column_names(db, "connections") == std::vector<std::string>{"id",
+                                                                    "session_id",
+                                                                    "client_id",
+                                                                    "peer_address",
+                                                                    "opened_mono_ns",
+                                                                    "ended_mono_ns",
+                                                                    "last_heard_mono_ns",
+                                                                    "opened_unix_ms",
+                                                                    "ended_unix_ms",
+                                                                    "ended_at",
+                                                                    "cause",
+                                                                    "detected_by",
+                                                                    "error_number",
+                                                                    "error_name",
+                                                                    "protocol_error",
+                                                                    "close_mode",
+                                                                    "rtt_samples",
+                                                                    "rtt_min_ms",
+                                                                    "rtt_mean_ms",
+                                                                    "rtt_max_ms",
+                                                                    "keepalive",
+                                                                    "heartbeat_interval_ms",
+                                                                    "dead_after_ms",
+                                                                    "detector",
+                                                                    "frames_received",
+                                                                    "frames_sent"});
+  CHECK(column_names(db, "runs") == std::vector<std::string>{"id", "started_unix_ms", "started_at",
+                                                             "version", "host", "command",
+                                                             "config_json"});
+  CHECK(column_names(db, "trials") == std::vector<std::string>{"id",
+                                                               "run_id",
+                                                               "trial",
+                                                               "fault",
+                                                               "config_key",
+                                                               "keepalive",
+                                                               "heartbeat_interval_ms",
+                                                               "detector",
+                                                               "user_timeout_ms",
+                                                               "bound_ms",
+                                                               "fault_mono_ns",
+                                                               "detected_mono_ns",
+                                                               "latency_ms",
+                                                               "latency_ms_exact",
+                                                               "detected_by",
+                                                               "cause",
+                                                               "error_number",
+                                                               "error_name",
+                                                               "outcome",
+                                                               "note"});
+  CHECK(store.written() == 0);
+  CHECK(store.queued() == 0);
+  CHECK_FALSE(store.last_error());
+}
+
+TEST_CASE("records round-trip column by column") {
+  temp_dir dir;
+  const auto path = dir.file("deadpeer.db");
+  event_store store(options_for(path));
+
+  run_record run = make_run();
+  const std::int64_t run_id = store.begin_run(run);
+  CHECK(run_id > 0);
+  CHECK(store.begin_run(run) > run_id);
+
+  connection_record c;
+  c.session_id = 0xFFFF'FFFF'FFFF'FFFEULL;  // above INT64_MAX: stored as its bit pattern
+  c.client_id = "sensor-17";
+  c.peer_address = "127.0.0.1:54321";
+  c.opened_mono_ns = 1'000'000'001;
+  c.ended_mono_ns = 9'000'000'003;
+  c.last_heard_mono_ns = 6'000'000'002;
+  c.opened_unix_ms = 1'700'000'000'000;
+  c.ended_unix_ms = 1'700'000'000'123;
+  c.cause = "keepalive_timeout";
+  c.detected_by = "keepalive";
+  c.error_number = 110;
+  c.error_name = "ETIMEDOUT";
+  c.protocol_error = "bad_frame";
+  c.close_mode = "plain";
+  c.rtt = {.samples = 42, .min_ms = 0.25, .mean_ms = 1.5, .max_ms = 12.75};
+  c.keepalive = "1s:1s:3:0s";
+  c.heartbeat_interval_ms = 500;
+  c.dead_after_ms = 1500;
+  c.detector = "phi 8";
+  c.frames_received = 1234;
+  c.frames_sent = 5678;
+  store.record(c);
+
+  trial_record t;
+  t.run_id = run_id;
+  t.trial = 3;
+  t.fault = "hang";
+  t.config_key = "ka=off hb=250ms";
+  t.keepalive = "off";
+  t.heartbeat_interval_ms = 250;
+  t.detector = "fixed 750ms";
+  t.user_timeout_ms = 2500;
+  t.bound_ms = 1000;
+  t.fault_mono_ns = 5'000'000'000;
+  t.detected_mono_ns = 5'812'345'678;
+  t.latency_ms = 812;
+  t.latency_ms_exact = 812.345678;
+  t.detected_by = "heartbeat";
+  t.cause = "heartbeat_timeout";
+  t.error_number = 0;
+  t.error_name = "";
+  t.outcome = "detected";
+  t.note = "it's \"quoted\"";
+  store.record(t);
+
+  store.flush();
+  CHECK(store.written() == 2);
+  CHECK(store.queued() == 0);
+  CHECK_FALSE(store.last_error());
+
+  raw_db db(path);
+  sqlite3_stmt* s = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db.get(),
+                             "SELECT session_id, client_id, peer_address, opened_mono_ns, "
+                             "ended_mono_ns, last_heard_mono_ns, opened_unix_ms, ended_unix_ms, "
+                             "ended_at, cause, detected_by, error_number, error_name, "
+                             "protocol_error, close_mode, rtt_samples, rtt_min_ms, rtt_mean_ms, "
+                             "rtt_max_ms, keepalive, heartbeat_interval_ms, dead_after_ms, "
+                             "detector, frames_received, frames_sent, id FROM connections",
+                             -1, &s, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(s) == SQLITE_ROW);
+  auto text = [&](int i) {
+    return std::string(reinterpret_cast<const char*>(sqlite3_column_text(s, i)));
+  };
+  CHECK(static_cast<std::uint64_t>(sqlite3_column_int64(s, 0)) == c.session_id);
+  CHECK(sqlite3_column_int64(s, 0) == -2);
+  CHECK(text(1) == c.client_id);
+  CHECK(text(2) == c.peer_address);
+  CHECK(sqlite3_column_int64(s, 3) == c.opened_mono_ns);
+  CHECK(sqlite3_column_int64(s, 4) == c.ended_mono_ns);
+  CHECK(sqlite3_column_int64(s, 5) == c.last_heard_mono_ns);
+  CHECK(sqlite3_column_int64(s, 6) == c.opened_unix_ms);
+  CHECK(sqlite3_column_int64(s, 7) == c.ended_unix_ms);
+  CHECK(text(8) == "2023-11-14T22:13:20.123Z");
+  CHECK(text(9) == c.cause);
+  CHECK(text(10) == c.detected_by);
+  CHECK(sqlite3_column_int(s, 11) == c.error_number);
+  CHECK(text(12) == c.error_name);
+  CHECK(text(13) == c.protocol_error);
+  CHECK(text(14) == c.close_mode);
+  CHECK(static_cast<std::uint64_t>(sqlite3_column_int64(s, 15)) == c.rtt.samples);
+  CHECK(sqlite3_column_type(s, 16) == SQLITE_FLOAT);
+  CHECK(sqlite3_column_double(s, 16) == c.rtt.min_ms);
+  CHECK(sqlite3_column_double(s, 17) == c.rtt.mean_ms);
+  CHECK(sqlite3_column_double(s, 18) == c.rtt.max_ms);
+  CHECK(text(19) == c.keepalive);
+  CHECK(sqlite3_column_int64(s, 20) == c.heartbeat_interval_ms);
+  CHECK(sqlite3_column_int64(s, 21) == c.dead_after_ms);
+  CHECK(text(22) == c.detector);
+  CHECK(static_cast<std::uint64_t>(sqlite3_column_int64(s, 23)) == c.frames_received);
+  CHECK(static_cast<std::uint64_t>(sqlite3_column_int64(s, 24)) == c.frames_sent);
+  CHECK(sqlite3_column_int64(s, 25) == 1);
+  CHECK(sqlite3_step(s) == SQLITE_DONE);
+  sqlite3_finalize(s);
+
+  REQUIRE(sqlite3_prepare_v2(db.get(),
+                             "SELECT run_id, trial, fault, config_key, keepalive, "
+                             "heartbeat_interval_ms, detector, user_timeout_ms, bound_ms, "
+                             "fault_mono_ns, detected_mono_ns, latency_ms, latency_ms_exact, "
+                             "detected_by, cause, error_number, error_name, outcome, note "
+                             "FROM trials",
+                             -1, &s, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(s) == SQLITE_ROW);
+  CHECK(sqlite3_column_int64(s, 0) == t.run_id);
+  CHECK(sqlite3_column_int(s, 1) == t.trial);
+  CHECK(text(2) == t.fault);
+  CHECK(text(3) == t.config_key);
+  CHECK(text(4) == t.keepalive);
+  CHECK(sqlite3_column_int64(s, 5) == t.heartbeat_interval_ms);
+  CHECK(text(6) == t.detector);
+  CHECK(sqlite3_column_int64(s, 7) == t.user_timeout_ms);
+  CHECK(sqlite3_column_int64(s, 8) == t.bound_ms);
+  CHECK(sqlite3_column_int64(s, 9) == t.fault_mono_ns);
+  CHECK(sqlite3_column_int64(s, 10) == t.detected_mono_ns);
+  CHECK(sqlite3_column_int64(s, 11) == t.latency_ms);
+  CHECK(sqlite3_column_double(s, 12) == t.latency_ms_exact);
+  CHECK(text(13) == t.detected_by);
+  CHECK(text(14) == t.cause);
+  CHECK(sqlite3_column_int(s, 15) == t.error_number);
+  CHECK(sqlite3_column_type(s, 16) == SQLITE_TEXT);
+  CHECK(text(16) == t.error_name);
+  CHECK(text(17) == t.outcome);
+  CHECK(text(18) == t.note);
+  CHECK(sqlite3_step(s) == SQLITE_DONE);
+  sqlite3_finalize(s);
+
+  CHECK(db.rows("SELECT id, started_unix_ms, started_at, version, host, command, config_json "
+                "FROM runs WHERE id = " +
+                std::to_string(run_id)) ==
+        std::vector<std::vector<std::string>>{{std::to_string(run_id), "1700000000000",
+                                               "2023-11-14T22:13:20.000Z", run.version, run.host,
+                                               run.command, run.config_json}});
+}
+
+TEST_CASE("flush makes everything visible to a second connection without waiting the window") {
+  temp_dir dir;
+  const auto path = dir.file("deadpeer.db");
+  auto o = options_for(path);
+  o.batch_window = 60s;  // flush must not wait for it
+  event_store store(o);
+  const auto run_id = store.begin_run(make_run());
+  for (int i = 0; i < 100; ++i) {
+    store.record(make_connection(i));
+    store.record(make_trial(run_id, i));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  store.flush();
+  CHECK(std::chrono::steady_clock::now() - start < 10s);
+  CHECK(store.written() == 200);
+  CHECK(store.queued() == 0);
+
+  raw_db db(path);
+  CHECK(db.integer("SELECT count(*) FROM connections") == 100);
+  CHECK(db.integer("SELECT count(*) FROM trials") == 100);
+  CHECK(db.integer("SELECT count(*) FROM trials WHERE run_id = " + std::to_string(run_id)) == 100);
+  store.flush();  // nothing queued: returns at once
+}
+
+TEST_CASE("many records are written and counted") {
+  temp_dir dir;
+  const auto path = dir.file("deadpeer.db");
+  constexpr int n = 20000;
+  auto o = options_for(path);
+  event_store store(o);
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < n; ++i)
+    store.record(make_connection(i));
+  store.flush();
+  const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+  CHECK(store.written() == n);
+  CHECK(store.queued() == 0);
+  CHECK(count_rows(path) == n);
+  WARN(n << " connection records in " << took.count()
+         << " s: " << static_cast<long long>(n / took.count()) << " rows/s (max_batch "
+         << o.max_batch << ", batch_window " << o.batch_window.count() << " ms, " << path << ")");
+}
+
+TEST_CASE("reopening an existing file keeps its rows, and the destructor flushes") {
+  temp_dir dir;
+  const auto path = dir.file("deadpeer.db");
+  {
+    auto o = options_for(path);
+    o.batch_window = 60s;  // only the destructor's flush can write these in time
+    event_store store(o);
+    for (int i = 0; i < 10; ++i)
+      store.record(make_connection(i));
+  }
+  CHECK(count_rows(path) == 10);
+  {
+    event_store store(options_for(path));
+    const auto run_id = store.begin_run(make_run());
+    for (int i = 0; i < 5; ++i)
+      store.record(make_trial(run_id, i));
+  }
+  CHECK(count_rows(path) == 15);
+  raw_db db(path);
+  CHECK(db.integer("PRAGMA user_version") == 1);
+}
+
+TEST_CASE("a file that is not a database is refused, naming the file") {
+  temp_dir dir;
+  const auto path = dir.file("garbage.db");
+  {
+    std::ofstream out(path, std::ios::binary);
+    std::mt19937 random(42);
+    for (int i = 0; i < 8192; ++i)
+      out.put(static_cast<char>(random()));
+  }
+  const auto message = open_error(path);
+  CHECK_THAT(message, Catch::Contains(path));
+  CHECK_THAT(message, Catch::Contains("not a database"));
+}
+
+TEST_CASE("a file from a newer schema is refused") {
+  temp_dir dir;
+  const auto path = dir.file("future.db");
+  {
+    raw_db db(path);
+    db.exec("PRAGMA user_version = 99");
+  }
+  const auto message = open_error(path);
+  CHECK_THAT(message, Catch::Contains(path));
+  CHECK_THAT(message, Catch::Contains("newer"));
+  CHECK_THAT(message, Catch::Contains("schema 99, this build knows 1"));
+  raw_db db(path);
+  CHECK(db.integer("PRAGMA user_version") == 99);  // left untouched
+}
+
+TEST_CASE("a file in a directory that does not exist is refused, naming the file") {
+  temp_dir dir;
+  const auto path = dir.file("no/such/dir/deadpeer.db");
+  const auto message = open_error(path);
+  CHECK_THAT(message, Catch::Contains(path));
+}
+
+TEST_CASE("record() refuses invalid trials before they reach the writer") {
+  temp_dir dir;
+  const auto path = dir.file("deadpeer.db");
+  event_store store(options_for(path));
+  const auto run_id = store.begin_run(make_run());
+
+  auto bad_outcome = make_trial(run_id, 1);
+  bad_outcome.outcome = "maybe";
+  CHECK_THROWS_AS(store.record(bad_outcome), std::invalid_argument);
+  auto no_run = make_trial(0, 1);
+  CHECK_THROWS_AS(store.record(no_run), std::invalid_argument);
+  CHECK(store.queued() == 0);
+  for (const char* outcome : {"detected", "missed", "premature"}) {
+    auto t = make_trial(run_id, 2);
+    t.outcome = outcome;
+    store.record(t);
+  }
+  store.flush();
+  CHECK(store.written() == 3);
+  CHECK_FALSE(store.last_error());
+  raw_db db(path);
+  CHECK(db.integer("SELECT count(*) FROM trials WHERE outcome = 'maybe'") == 0);
+  // The schema refuses it too, for writers other than this code.
+  CHECK_THROWS(
+      db.exec("INSERT INTO trials (run_id, trial, fault, config_key, keepalive, "
+              "heartbeat_interval_ms, detector, user_timeout_ms, bound_ms, "
+              "fault_mono_ns, detected_mono_ns, latency_ms, latency_ms_exact, "
+              "detected_by, cause, error_number, error_name, outcome, note) VALUES (" +
+              std::to_string(run_id) +
+              ", 1, 'f', 'k', 'off', 0, '', 0, -1, 0, 0, -1, -1, '', '', 0, '', "
+              "'maybe', '')"));
+}
+
+TEST_CASE("a trial of an unknown run is rejected loudly, the rest of its batch is written") {
+  temp_dir dir;
+  const auto path = dir.file("deadpeer.db");
+  event_store store(options_for(path));
+  const auto run_id = store.begin_run(make_run());
+  capture_stderr err(dir.file("stderr.txt"));
+  store.record(make_trial(run_id, 1));
+  store.record(make_trial(run_id + 1000, 2));
+  store.record(make_connection(3));
+  store.flush();
+  const auto printed = err.finish();
+  CHECK(store.written() == 2);
+  CHECK(store.queued() == 0);
+  REQUIRE(store.last_error());
+  CHECK_THAT(*store.last_error(), Catch::Contains("FOREIGN KEY"));
+  CHECK_THAT(printed, Catch::Contains("FOREIGN KEY"));
+  CHECK_THAT(printed, Catch::Contains(path));
+  CHECK(count_rows(path) == 2);
+}
+
+TEST_CASE("a batch that meets a locked database is kept and retried") {
+  temp_dir dir;
+  const auto path = dir.file("deadpeer.db");
+  event_store store(options_for(path));
+  raw_db blocker(path);
+  blocker.exec("BEGIN IMMEDIATE");  // holds the write lock past the store's busy timeout
+
+  for (int i = 0; i < 3; ++i)
+    store.record(make_connection(i));
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (!store.last_error() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(20ms);
+  REQUIRE(store.last_error());
+  CHECK_THAT(*store.last_error(), Catch::Contains("locked"));
+  CHECK(store.queued() == 3);
+  CHECK(store.written() == 0);
+
+  blocker.exec("COMMIT");
+  store.flush();
+  CHECK(store.queued() == 0);
+  CHECK(store.written() == 3);
+  CHECK(count_rows(path) == 3);
+}
+
+TEST_CASE("the destructor gives up on a database that stays locked, and says so") {
+  temp_dir dir;
+  const auto path = dir.file("deadpeer.db");
+  raw_db blocker(path);
+  std::string printed;
+  std::chrono::duration<double> took{};
+  {
+    auto store = std::make_unique<event_store>(options_for(path));
+    blocker.exec("BEGIN IMMEDIATE");
+    store->record(make_connection(1));
+    store->record(make_connection(2));
+    capture_stderr err(dir.file("stderr.txt"));
+    const auto start = std::chrono::steady_clock::now();
+    store.reset();
+    took = std::chrono::steady_clock::now() - start;
+    printed = err.finish();
+  }
+  blocker.exec("ROLLBACK");
+  CHECK(took < 20s);
+  CHECK_THAT(printed, Catch::Contains("records not written: 2"));
+  CHECK_THAT(printed, Catch::Contains(path));
+  CHECK(count_rows(path) == 0);
+}
+
+TEST_CASE("kill -9 during writes leaves a consistent file with the committed rows") {
+  temp_dir dir;
+  const auto path = dir.file("deadpeer.db");
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  std::fflush(nullptr);
+
+  // Every store of earlier cases has been destroyed and its thread joined, so this process
+  // has one thread and the child is an ordinary copy of it. The child touches neither
+  // Catch2 nor inherited stdio buffers, and leaves with _exit().
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::close(ready[0]);
+    int code = 0;
+    try {
+      event_store store(options_for(path));
+      const auto run_id = store.begin_run(make_run());
+      store.record(make_connection(0));
+      store.flush();
+      const char byte = 1;
+      if (::write(ready[1], &byte, 1) != 1) ::_exit(3);
+      const auto start = std::chrono::steady_clock::now();
+      for (int i = 1; i < 200000 && std::chrono::steady_clock::now() - start < 5s; ++i) {
+        if (i % 2 == 0)
+          store.record(make_connection(i));
+        else
+          store.record(make_trial(run_id, i));
+        while (store.queued() > 4000)
+          std::this_thread::sleep_for(1ms);
+      }
+    } catch (...) {
+      code = 2;
+    }
+    ::_exit(code);
+  }
+
+  struct reaper {
+    pid_t pid;
+    ~reaper() {
+      if (pid > 0) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+      }
+    }
+  } guard{child};
+
+  ::close(ready[1]);
+  pollfd p{ready[0], POLLIN, 0};
+  REQUIRE(::poll(&p, 1, 20000) == 1);
+  char byte = 0;
+  REQUIRE(::read(ready[0], &byte, 1) == 1);
+  ::close(ready[0]);
+
+  // Wait until the child has committed many batches after its first flush (past at least
+  // one WAL auto-checkpoint), then let it go on for a random few milliseconds, so the kill
+  // lands at a different point of its writing each run.
+  std::int64_t first = 0;
+  std::int64_t seen = 0;
+  {
+    raw_db reader(path);
+    const auto rows = [&] {
+      return reader.integer(
+          "SELECT (SELECT count(*) FROM connections) + (SELECT count(*) FROM trials)");
+    };
+    first = rows();
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while ((seen = rows()) <= first + 20000 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(5ms);
+  }
+  std::this_thread::sleep_for(std::chrono::microseconds(std::random_device{}() % 25000));
+  REQUIRE(first > 0);
+  REQUIRE(seen > first);
+  REQUIRE(::kill(child, SIGKILL) == 0);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  guard.pid = -1;
+  CHECK(WIFSIGNALED(status));
+  if (WIFSIGNALED(status)) CHECK(WTERMSIG(status) == SIGKILL);
+  CHECK(fs::exists(path + "-wal"));  // the killed writer never checkpointed
+
+  {
+    event_store store(options_for(path));  // recovers the WAL
+    store.record(make_connection(1));
+    store.flush();
+    CHECK(store.written() == 1);
+  }
+  raw_db db(path);
+  CHECK(db.rows("PRAGMA integrity_check") == std::vector<std::vector<std::string>>{{"ok"}});
+  CHECK(db.rows("PRAGMA foreign_key_check").empty());
+  const auto after =
+      db.integer("SELECT (SELECT count(*) FROM connections) + (SELECT count(*) FROM trials)");
+  CHECK(after > 0);
+  CHECK(after >= seen + 1);  // every commit the reader saw survived the kill
+  WARN("killed the writer after " << seen << " committed rows were seen; " << after - 1
+                                  << " survived");
+}
