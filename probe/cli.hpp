@@ -45,6 +45,9 @@ std::string describe_duration(std::chrono::milliseconds d);
 std::string presets_help();
 
 int command_connect(const std::vector<std::string>& args);
+int command_run(const std::vector<std::string>& args);
+int command_sweep(const std::vector<std::string>& args);
+int command_report(const std::vector<std::string>& args);
 int command_explain(const std::vector<std::string>& args);
 int command_bound(const std::vector<std::string>& args);
 int command_tune(const std::vector<std::string>& args);

@@ -18,6 +18,9 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <sys/prctl.h>
+
+#include <csignal>
 #include <iostream>
 #include <random>
 
@@ -117,6 +120,9 @@ int command_connect(const std::vector<std::string>& args) {
       ("auth-token", po::value<std::string>()->value_name("TOKEN"),
        "shared secret for a server started with --auth-token-file")                    //
       ("reconnect", "reconnect with back-off (100ms doubling to 5s) after every end")  //
+      ("lab-signals",
+       "fault-lab hooks: SIGUSR1 closes with RST (SO_LINGER 0), SIGUSR2 half-closes and goes "
+       "quiet (the experiments send these)")  //
       ("verbose,v", "print every RTT sample (default: at most one per second)");
   po::variables_map vm;
   if (!parse_command_line(args, options, {},
@@ -171,6 +177,23 @@ int command_connect(const std::vector<std::string>& args) {
     backoff_timer.cancel();
     if (current) current->close(deadpeer::wire::bye_reason::normal);
   });
+  // Fault-lab hooks: SIGUSR1 closes abortively (SO_LINGER 0: the server sees RST),
+  // SIGUSR2 half-closes and goes quiet (the server sees FIN, then silence).
+  asio::signal_set lab_signals(io, SIGUSR1, SIGUSR2);
+  std::function<void()> wait_lab_signal = [&] {
+    lab_signals.async_wait([&](const boost::system::error_code& ec, int signal) {
+      if (ec) return;
+      if (current && signal == SIGUSR1)
+        current->abort(deadpeer::cause::local_close, deadpeer::detected_by::application);
+      if (current && signal == SIGUSR2) current->half_close();
+      wait_lab_signal();
+    });
+  };
+  if (vm.count("lab-signals") != 0) {
+    wait_lab_signal();
+    // A lab victim never outlives the experiment that runs it, even a stopped one.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  }
   asio::co_spawn(
       io,
       [&]() -> asio::awaitable<void> {
@@ -190,6 +213,7 @@ int command_connect(const std::vector<std::string>& args) {
           backoff = std::min(backoff * 2, milliseconds(5000));
         }
         signals.cancel();
+        lab_signals.cancel();
       },
       [](const std::exception_ptr& e) {
         if (e) std::rethrow_exception(e);

@@ -13,8 +13,13 @@ constexpr std::string_view usage =
     R"(probe: find out how fast dead TCP peers are noticed, and why connections end.
 
 Usage: probe <command> [options]      probe <command> --help for the command's options
+       probe --simulate-crash [options]  kill a heartbeating client, measure how fast the
+                                         server notices (same as probe run --fault crash)
 
 Commands:
+  run       inject a fault (crash, hang, cable pull, ...) and measure detection latency
+  sweep     run a grid of keepalive and heartbeat settings; resumes when interrupted
+  report    per fault and configuration: n, p50, p95, max, bound, failures; --plot
   bound     worst-case time to notice a dead peer with given keepalive settings,
             for an idle and for a busy connection, with the arithmetic shown
   tune      propose keepalive settings that notice a dead peer within a target time
@@ -33,9 +38,15 @@ int main(int argc, char** argv) {
   const std::map<std::string, int (*)(const std::vector<std::string>&), std::less<>> commands{
       {"bound", probe::command_bound},     {"tune", probe::command_tune},
       {"presets", probe::command_presets}, {"explain", probe::command_explain},
-      {"connect", probe::command_connect},
+      {"connect", probe::command_connect}, {"run", probe::command_run},
+      {"sweep", probe::command_sweep},     {"report", probe::command_report},
   };
-  const std::vector<std::string> args(argv + 1, argv + argc);
+  std::vector<std::string> args(argv + 1, argv + argc);
+  // The experiment users run first: probe --simulate-crash [options] = probe run --fault crash.
+  if (!args.empty() && args[0] == "--simulate-crash") {
+    args[0] = "run";
+    args.insert(args.begin() + 1, {"--fault", "crash"});
+  }
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     std::cout << usage;
     return args.empty() ? probe::exit_usage : probe::exit_ok;

@@ -1,6 +1,6 @@
 // The real programs as separate processes: heartbeat-server and several `probe connect`
 // clients, faults injected with signals, results read back through /events and SQL.
-#include "child_process.hpp"
+#include "../probe/child_process.hpp"
 #include "loopback.hpp"
 
 #include <deadpeer/clock.hpp>
@@ -18,8 +18,8 @@
 #include <regex>
 
 using namespace std::chrono_literals;
-using deadpeer::test::child_process;
 using deadpeer::test::http_get;
+using probe::child_process;
 namespace json = boost::json;
 namespace fs = std::filesystem;
 

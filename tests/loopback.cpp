@@ -143,41 +143,4 @@ void raw_peer::close() {
   fd_ = -1;
 }
 
-http_response http_get(unsigned short port, const std::string& target,
-                       std::chrono::milliseconds timeout) {
-  raw_peer peer(port, timeout);
-  const std::string request =
-      "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-  if (const auto ec = peer.send_bytes(std::as_bytes(std::span(request.data(), request.size()))))
-    throw std::system_error(ec, "http_get send");
-  std::string raw;
-  std::array<char, 8192> buffer{};
-  for (;;) {
-    const auto n = ::recv(peer.fd(), buffer.data(), buffer.size(), 0);
-    if (n == 0) break;
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw std::system_error(errno, std::generic_category(), "http_get recv " + target);
-    }
-    raw.append(buffer.data(), static_cast<std::size_t>(n));
-  }
-  http_response r;
-  const auto head_end = raw.find("\r\n\r\n");
-  if (raw.rfind("HTTP/1.1 ", 0) != 0 || head_end == std::string::npos)
-    throw std::runtime_error("http_get " + target + ": not an HTTP response: " + raw.substr(0, 80));
-  r.status = std::stoi(raw.substr(9, 3));
-  const std::string head = raw.substr(0, head_end);
-  std::string lower;
-  for (const char c : head)
-    lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (const auto at = lower.find("\r\ncontent-type: "); at != std::string::npos) {
-    const auto start = at + 16;
-    r.content_type = head.substr(start, head.find("\r\n", start) - start);
-  }
-  r.body = raw.substr(head_end + 4);
-  if (lower.find("transfer-encoding: chunked") != std::string::npos)
-    throw std::runtime_error("http_get: chunked responses are not supported by this test client");
-  return r;
-}
-
 }  // namespace deadpeer::test

@@ -5,6 +5,8 @@
 
 #include <deadpeer/wire.hpp>
 
+#include "../probe/http_client.hpp"
+
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -19,6 +21,8 @@
 #include <vector>
 
 namespace deadpeer::test {
+
+using probe::http_response;
 
 /// Runs an io_context on a background thread until destroyed.
 class io_thread {
@@ -87,13 +91,10 @@ class raw_peer {
   wire::decoder decoder_{wire::default_max_frame};
 };
 
-/// A plain HTTP/1.1 GET with Connection: close, read to EOF.
-struct http_response {
-  int status = 0;
-  std::string content_type;
-  std::string body;
-};
-http_response http_get(unsigned short port, const std::string& target,
-                       std::chrono::milliseconds timeout = std::chrono::seconds(10));
+/// GET on 127.0.0.1:port (the probe's HTTP client), for the control API tests.
+inline http_response http_get(unsigned short port, const std::string& target,
+                              std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+  return probe::http_get("127.0.0.1", port, target, timeout);
+}
 
 }  // namespace deadpeer::test

@@ -55,8 +55,14 @@ bool same_secret(std::string_view a, std::string_view b) {
   return difference == 0;
 }
 
+// Only operating-system errors have an errno; asio's eof (a FIN) is not an error number.
+bool is_errno(const std::error_code& ec) {
+  return ec &&
+         (ec.category() == std::system_category() || ec.category() == std::generic_category());
+}
+
 std::string errno_name(const std::error_code& ec) {
-  if (!ec) return {};
+  if (!is_errno(ec)) return {};
   for (const auto& e : known_errors())
     if (e.platform == "linux" && e.number == ec.value()) return std::string(e.name);
   return ec.message();
@@ -333,7 +339,7 @@ struct server::impl : control_source, std::enable_shared_from_this<server::impl>
     r.ended_unix_ms = c.opened_unix_ms + (end.decided_ns - end.opened_ns) / 1'000'000;
     r.cause = std::string(deadpeer::to_string(end.cause));
     r.detected_by = std::string(deadpeer::to_string(end.detected_by));
-    r.error_number = end.error ? end.error.value() : 0;
+    r.error_number = is_errno(end.error) ? end.error.value() : 0;
     r.error_name = errno_name(end.error);
     r.protocol_error = end.protocol_error ? std::string(wire::to_string(*end.protocol_error)) : "";
     r.close_mode = end.graceful ? "graceful" : end.abortive ? "abortive" : "plain";

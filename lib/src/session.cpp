@@ -143,6 +143,16 @@ void session::abort(deadpeer::cause why, deadpeer::detected_by by) {
   });
 }
 
+void session::half_close() {
+  asio::post(strand_, [self = shared_from_this()] {
+    if (self->end_ || self->send_closed_) return;
+    self->send_closed_ = true;
+    self->outgoing_.clear();
+    boost::system::error_code ignored;
+    self->socket_.shutdown(socket_type::shutdown_send, ignored);
+  });
+}
+
 asio::awaitable<void> session::run() {
   // Holds the session alive for as long as it runs (start() may drop its pointer).
   const auto self = shared_from_this();
@@ -221,7 +231,7 @@ asio::awaitable<void> session::watchdog() {
         end_with(make_end(cause::heartbeat_timeout, detected_by::heartbeat, close_mode::abortive));
         co_return;
       }
-      if (now >= next_ping_at())
+      if (now >= next_ping_at() && !send_closed_)
         enqueue(wire::ping{.sequence = next_sequence_++,
                            .timestamp_ns = static_cast<std::uint64_t>(monotonic_ns())});
       wake = std::min(detector_->dead_at(), next_ping_at());
@@ -258,7 +268,9 @@ asio::awaitable<void> session::writer() {
 asio::awaitable<void> session::finish() {
   pending_end& e = *end_;
   boost::system::error_code ignored;
-  if (e.mode == close_mode::graceful && socket_.is_open()) {
+  if (e.mode == close_mode::graceful && socket_.is_open() && send_closed_) {
+    e.mode = close_mode::plain;  // our FIN is already out; nothing more may be sent
+  } else if (e.mode == close_mode::graceful && socket_.is_open()) {
     const auto deadline = steady_clock::now() + config_.close_drain_time;
     std::vector<std::byte> tail = std::move(partial_write_);
     for (auto& frame : outgoing_)
@@ -431,6 +443,7 @@ void session::established(milliseconds interval, milliseconds dead_after, std::u
 }
 
 void session::enqueue(const wire::frame& frame) {
+  if (send_closed_) return;
   outgoing_.push_back(wire::encode(frame));
   ++frames_sent_;
   last_sent_ = steady_clock::now();

@@ -150,6 +150,9 @@ class session : public std::enable_shared_from_this<session> {
               deadpeer::detected_by by = deadpeer::detected_by::application);
   /// Abortive close (RST) for a peer judged dead by someone else (e.g. the reaper).
   void abort(deadpeer::cause why, deadpeer::detected_by by);
+  /// Shuts down our sending side (FIN) and sends nothing more, not even PONGs: the peer
+  /// sees a half-closed, quiet connection. Reading goes on. Used by the fault lab.
+  void half_close();
 
   const session_config& config() const { return config_; }
   std::int64_t opened_ns() const { return opened_ns_; }
@@ -202,6 +205,7 @@ class session : public std::enable_shared_from_this<session> {
   wire::decoder decoder_;
   std::unique_ptr<failure_detector> detector_;
   std::optional<pending_end> end_;
+  bool send_closed_ = false;  ///< half_close() was called: nothing more goes out
   keepalive_settings keepalive_in_force_;
 
   std::deque<std::vector<std::byte>> outgoing_;

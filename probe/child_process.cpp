@@ -14,7 +14,7 @@
 
 extern char** environ;
 
-namespace deadpeer::test {
+namespace probe {
 
 child_process::child_process(const std::vector<std::string>& argv) {
   int pipe_fds[2];
@@ -26,7 +26,7 @@ child_process::child_process(const std::vector<std::string>& argv) {
   for (const auto& a : argv)
     args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
-  const int rc = ::posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ);
+  const int rc = ::posix_spawnp(&pid_, args[0], &actions, nullptr, args.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   ::close(pipe_fds[1]);
   if (rc != 0) {
@@ -99,4 +99,4 @@ std::optional<int> child_process::wait(std::chrono::milliseconds timeout) {
   }
 }
 
-}  // namespace deadpeer::test
+}  // namespace probe

@@ -1,5 +1,6 @@
-// Test support: a program run as a real child process, its stdout readable line by line
-// with a bounded wait, ended by its PID only (SIGKILL on destruction if still running).
+// A program run as a real child process (a victim, or a server under test), its stdout readable
+// line by line with a bounded wait, ended by its PID only (SIGKILL on destruction if still
+// running).
 #pragma once
 
 #include <chrono>
@@ -7,7 +8,7 @@
 #include <string>
 #include <vector>
 
-namespace deadpeer::test {
+namespace probe {
 
 class child_process {
  public:
@@ -36,4 +37,4 @@ class child_process {
   std::string output_;
 };
 
-}  // namespace deadpeer::test
+}  // namespace probe

@@ -1,0 +1,311 @@
+// probe run / probe --simulate-crash / probe sweep: the experiments, from the command
+// line. Options shared by run and sweep are described once here.
+#include "cli.hpp"
+#include "experiment.hpp"
+
+#include <deadpeer/config_error.hpp>
+#include <deadpeer/duration.hpp>
+#include <deadpeer/endpoint.hpp>
+
+#include <boost/json.hpp>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+namespace probe {
+namespace {
+
+namespace po = boost::program_options;
+namespace json = boost::json;
+using std::chrono::milliseconds;
+
+std::string fault_help() {
+  std::string text = "fault to inject:";
+  for (const auto& f : fault_kinds())
+    text += "\n  " + std::string(f.name) + ": " + std::string(f.description) +
+            (f.needs_lab ? " [needs root: network namespaces]" : "");
+  return text;
+}
+
+void add_experiment_options(po::options_description& o, bool sweep) {
+  o.add_options()  //
+      ("fault,f", po::value<std::string>()->default_value("crash")->value_name("FAULT"),
+       fault_help().c_str())  //
+      ("trials,n", po::value<int>()->default_value(5)->value_name("N"),
+       "trials per configuration (1..1000)")  //
+      ("heartbeat",
+       po::value<std::string>()->default_value("500ms")->value_name(sweep ? "LIST"
+                                                                          : "INTERVAL|off"),
+       sweep ? "heartbeat intervals to try, comma-separated, e.g. off,500ms"
+             : "heartbeat interval, or off for kernel detection only")  //
+      ("keepalive,k", po::value<std::string>()->value_name(sweep ? "LIST" : "SPEC"),
+       sweep ? "keepalive specs to try, comma-separated, e.g. 1s:1s:3,2s:1s:5"
+             : "kernel keepalive on the server's sockets, idle:interval:count[:user_timeout]")  //
+      ("user-timeout,u", po::value<std::string>()->value_name("DURATION"),
+       "TCP_USER_TIMEOUT on the server's sockets")  //
+      ("detector", po::value<std::string>()->default_value("fixed")->value_name("fixed|phi"),
+       "failure detector on the server")  //
+      ("dead-after", po::value<std::string>()->value_name("DURATION"),
+       "fixed detector: silence that means dead (default: 3 x heartbeat)")  //
+      ("phi-threshold", po::value<double>()->default_value(8.0)->value_name("X"),
+       "phi detector threshold")  //
+      ("server", po::value<std::string>()->value_name("HOST:PORT"),
+       "measure an already running heartbeat-server (its control API on PORT+1 unless "
+       "--control-port); default: an embedded server on 127.0.0.1 with ephemeral ports and a "
+       "temporary database")  //
+      ("control-port", po::value<unsigned short>()->value_name("PORT"),
+       "control API port of --server")  //
+      ("limit", po::value<std::string>()->value_name("DURATION"),
+       "give up on a trial after this long (default: 3 x bound + 10s, at most 5m)")  //
+      ("db", po::value<std::string>()->default_value("results.db")->value_name("FILE"),
+       "SQLite file the runs and trials are added to")  //
+      ("json", "print the trials as JSON on stdout (progress goes to stderr)");
+}
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> items;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ','))
+    if (!item.empty()) items.push_back(item);
+  if (items.empty()) throw usage_error("empty list \"" + text + "\"");
+  return items;
+}
+
+std::optional<milliseconds> parse_heartbeat(const std::string& text) {
+  if (text == "off") return std::nullopt;
+  const auto d = deadpeer::parse_duration(text);
+  if (d < milliseconds(10))
+    throw usage_error("--heartbeat " + text + ": below 10ms (write off to disable heartbeats)");
+  return d;
+}
+
+// Fills everything except the listed (sweep) dimensions.
+experiment_config base_config(const po::variables_map& vm) {
+  experiment_config c;
+  c.fault = vm["fault"].as<std::string>();
+  (void)find_fault(c.fault);
+  c.trials = vm["trials"].as<int>();
+  if (c.trials < 1 || c.trials > 1000)
+    throw usage_error("--trials " + std::to_string(c.trials) + " is outside 1..1000");
+  c.detector = vm["detector"].as<std::string>();
+  if (c.detector != "fixed" && c.detector != "phi")
+    throw usage_error("--detector \"" + c.detector + "\": expected fixed or phi");
+  if (vm.count("dead-after") != 0) {
+    c.dead_after = deadpeer::parse_duration(vm["dead-after"].as<std::string>());
+    if (c.dead_after->count() == 0) throw usage_error("--dead-after must be positive");
+  }
+  c.phi_threshold = vm["phi-threshold"].as<double>();
+  if (!(c.phi_threshold > 0) || !std::isfinite(c.phi_threshold))
+    throw usage_error("--phi-threshold must be a positive number");
+  if (vm.count("user-timeout") != 0)
+    c.user_timeout = deadpeer::parse_duration(vm["user-timeout"].as<std::string>());
+  if (vm.count("server") != 0) c.server = deadpeer::parse_endpoint(vm["server"].as<std::string>());
+  if (vm.count("control-port") != 0)
+    c.server_control_port = vm["control-port"].as<unsigned short>();
+  if (vm.count("limit") != 0) c.limit = deadpeer::parse_duration(vm["limit"].as<std::string>());
+  c.db = vm["db"].as<std::string>();
+  c.json = vm.count("json") != 0;
+  return c;
+}
+
+std::string describe_latency(double ms) {
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(ms < 10 ? 2 : ms < 1000 ? 1 : 0) << ms << " ms";
+  return out.str();
+}
+
+json::object trial_json(const experiment_config& c, const trial_result& r) {
+  json::object o;
+  o["fault"] = c.fault;
+  o["config"] = c.config_key();
+  o["trial"] = r.trial;
+  o["outcome"] = r.outcome;
+  o["latency_ms"] = r.latency_ms;
+  const auto bound = c.bound();
+  o["bound_ms"] = bound ? bound->count() : -1;
+  o["detected_by"] = r.detected_by;
+  o["cause"] = r.cause;
+  o["errno"] = r.error_name;
+  o["note"] = r.note;
+  return o;
+}
+
+std::string command_line(const std::string& command, const std::vector<std::string>& args) {
+  std::string text = "probe " + command;
+  for (const auto& a : args)
+    text += " " + a;
+  return text;
+}
+
+json::object config_json(const po::variables_map& vm) {
+  json::object o;
+  for (const auto& [key, value] : vm) {
+    if (const auto* s = boost::any_cast<std::string>(&value.value()))
+      o[key] = *s;
+    else if (const auto* i = boost::any_cast<int>(&value.value()))
+      o[key] = *i;
+    else if (const auto* d = boost::any_cast<double>(&value.value()))
+      o[key] = *d;
+    else if (const auto* p = boost::any_cast<unsigned short>(&value.value()))
+      o[key] = *p;
+    else
+      o[key] = true;
+  }
+  return o;
+}
+
+void print_next_steps(const experiment_config& c, std::int64_t run_id) {
+  std::ostream& out = c.json ? std::cerr : std::cout;
+  out << "\nresults: " << c.db << " (run " << run_id << "; probe report --db " << c.db
+      << " shows every run)\n";
+  if (c.fault == "crash")
+    out << "next: a silent death, which only timers can notice:\n"
+           "  sudo probe run --fault cable-pull --keepalive 1s:1s:3 --heartbeat off\n"
+           "  probe run --fault hang --heartbeat 200ms --dead-after 600ms\n";
+}
+
+}  // namespace
+
+int command_run(const std::vector<std::string>& args) {
+  po::options_description options("Options (durations take a unit: 250ms, 1.5s, 30s)");
+  add_experiment_options(options, false);
+  po::variables_map vm;
+  if (!parse_command_line(args, options, {},
+                          "Usage: probe run [--fault crash] [--trials 5] [--heartbeat 500ms] "
+                          "[--keepalive SPEC] ...\n       probe --simulate-crash [options]\n\n"
+                          "Injects a real fault into a heartbeating victim process, measures how "
+                          "long the\nserver takes to notice, against the bound the settings "
+                          "promise, and stores\nevery trial in --db. Faults are injected right "
+                          "after a heartbeat exchange, so\nthe latency is the full detection "
+                          "time.",
+                          vm, std::cout))
+    return exit_ok;
+  auto config = base_config(vm);
+  config.heartbeat = parse_heartbeat(vm["heartbeat"].as<std::string>());
+  if (vm.count("keepalive") != 0)
+    config.keepalive = deadpeer::parse_keepalive(vm["keepalive"].as<std::string>());
+  if (config.fault == "hang" || config.fault == "crash-rst")
+    if (config.heartbeat && config.effective_dead_after() <= *config.heartbeat)
+      throw usage_error("--dead-after must be longer than the heartbeat interval");
+
+  install_interrupt_handler();
+  std::ostream& progress_out = config.json ? std::cerr : std::cout;
+  const auto bound = config.bound();
+  progress_out << config.fault << ": " << config.trials << " trials, " << config.config_key()
+               << ", bound " << (bound ? deadpeer::format_duration(*bound) : "none") << "\n";
+  const auto run_id =
+      begin_run(config.db, command_line("run", args), json::serialize(config_json(vm)));
+  json::array out;
+  const auto results =
+      run_experiment(config, run_id, 1, [&](const experiment_config& c, const trial_result& r) {
+        progress_out << "  trial " << r.trial << "/" << c.trials << ": " << r.outcome;
+        if (r.latency_ms >= 0)
+          progress_out << " after " << describe_latency(r.latency_ms) << " (" << r.detected_by
+                       << ", " << r.cause << (r.error_name.empty() ? "" : ", " + r.error_name)
+                       << ")";
+        if (!r.note.empty()) progress_out << " — " << r.note;
+        progress_out << std::endl;
+        out.push_back(trial_json(c, r));
+      });
+  if (config.json) {
+    std::cout << json::serialize(out) << std::endl;
+  } else {
+    std::cout << "\n";
+    (void)command_report({"--db", config.db, "--run", std::to_string(run_id)});
+  }
+  print_next_steps(config, run_id);
+  if (interrupted()) return exit_negative;
+  for (const auto& r : results)
+    if (r.outcome != "detected") return exit_negative;
+  return exit_ok;
+}
+
+int command_sweep(const std::vector<std::string>& args) {
+  po::options_description options("Options (durations take a unit: 250ms, 1.5s, 30s)");
+  add_experiment_options(options, true);
+  po::variables_map vm;
+  if (!parse_command_line(args, options, {},
+                          "Usage: probe sweep --fault cable-pull --keepalive 1s:1s:3,2s:1s:5 "
+                          "--heartbeat off,500ms --trials 5\n\n"
+                          "Runs every combination of the listed keepalive specs and heartbeat "
+                          "intervals.\nConfigurations whose trials are already in --db are "
+                          "skipped, so an interrupted\nsweep resumes where it stopped.",
+                          vm, std::cout))
+    return exit_ok;
+  const auto base = base_config(vm);
+  std::vector<std::optional<deadpeer::keepalive_options>> keepalives{std::nullopt};
+  if (vm.count("keepalive") != 0) {
+    keepalives.clear();
+    for (const auto& spec : split_list(vm["keepalive"].as<std::string>()))
+      keepalives.push_back(deadpeer::parse_keepalive(spec));
+  }
+  std::vector<experiment_config> grid;
+  for (const auto& k : keepalives)
+    for (const auto& h : split_list(vm["heartbeat"].as<std::string>())) {
+      auto c = base;
+      c.keepalive = k;
+      c.heartbeat = parse_heartbeat(h);
+      grid.push_back(c);
+    }
+
+  install_interrupt_handler();
+  std::ostream& progress_out = base.json ? std::cerr : std::cout;
+  int total = 0, done = 0;
+  std::vector<int> remaining;
+  for (const auto& c : grid) {
+    const int stored = stored_trials(c.db, c.config_key(), c.fault);
+    remaining.push_back(std::max(0, c.trials - stored));
+    total += remaining.back();
+    if (stored >= c.trials)
+      progress_out << "skip (already stored): " << c.fault << " " << c.config_key() << "\n";
+  }
+  if (total == 0) {
+    progress_out << "nothing to do: every configuration already has its trials in " << base.db
+                 << "\n";
+    return exit_ok;
+  }
+  const auto run_id =
+      begin_run(base.db, command_line("sweep", args), json::serialize(config_json(vm)));
+  const auto started = std::chrono::steady_clock::now();
+  const bool tty = ::isatty(STDERR_FILENO) != 0;
+  json::array out;
+  for (std::size_t i = 0; i < grid.size() && !interrupted(); ++i) {
+    if (remaining[i] == 0) continue;
+    auto c = grid[i];
+    const int first = c.trials - remaining[i] + 1;
+    c.trials = remaining[i];
+    progress_out << "config " << i + 1 << "/" << grid.size() << ": " << c.config_key() << "\n";
+    run_experiment(c, run_id, first, [&](const experiment_config& cfg, const trial_result& r) {
+      ++done;
+      out.push_back(trial_json(cfg, r));
+      const auto elapsed = std::chrono::steady_clock::now() - started;
+      const auto eta = std::chrono::duration_cast<milliseconds>(elapsed / done * (total - done));
+      constexpr int width = 30;
+      const int filled = done * width / total;
+      std::cerr << (tty ? "\r" : "") << "[" << std::string(static_cast<std::size_t>(filled), '#')
+                << std::string(static_cast<std::size_t>(width - filled), ' ') << "] " << done << "/"
+                << total << " trials, ETA "
+                << deadpeer::format_duration_hms(std::chrono::round<std::chrono::seconds>(eta))
+                << " (last: " << r.outcome
+                << (r.latency_ms >= 0 ? " " + describe_latency(r.latency_ms) : "") << ")"
+                << (tty ? "   " : "\n") << std::flush;
+    });
+  }
+  if (tty) std::cerr << "\n";
+  if (base.json)
+    std::cout << json::serialize(out) << std::endl;
+  else
+    (void)command_report({"--db", base.db, "--run", std::to_string(run_id)});
+  if (interrupted()) {
+    progress_out << "interrupted: run the same command again to resume\n";
+    return exit_negative;
+  }
+  return exit_ok;
+}
+
+}  // namespace probe

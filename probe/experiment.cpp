@@ -1,0 +1,508 @@
+// The trial loop. One embedded server per configuration (in-process, on its own thread,
+// ephemeral ports, a temporary database), one victim process per trial, one fault per
+// victim. The server's /events long-poll gives the detection instant in the same
+// CLOCK_MONOTONIC as t0, so latency is a subtraction, not an estimate.
+#include "experiment.hpp"
+
+#include "child_process.hpp"
+#include "cli.hpp"
+#include "http_client.hpp"
+#include "lab.hpp"
+
+#include <deadpeer/clock.hpp>
+#include <deadpeer/detector.hpp>
+#include <deadpeer/duration.hpp>
+#include <deadpeer/server.hpp>
+#include <deadpeer/store.hpp>
+
+#include <sqlite3.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/json.hpp>
+
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <filesystem>
+#include <future>
+#include <map>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+namespace probe {
+namespace {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+namespace fs = std::filesystem;
+using std::chrono::milliseconds;
+using tcp = asio::ip::tcp;
+
+std::atomic<bool> interrupt_flag{false};
+
+constexpr milliseconds embedded_reap_interval{100};
+constexpr milliseconds kernel_notice_bound{20};  // FIN/RST on loopback: RTT + scheduling
+
+std::string self_executable() {
+  std::error_code ec;
+  const auto path = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) throw std::runtime_error("cannot find the probe executable: " + ec.message());
+  return path.string();
+}
+
+// An embedded heartbeat-server on its own io_context thread.
+class embedded_server {
+ public:
+  embedded_server(const experiment_config& config, const lab::network* network)
+      : dir_(fs::temp_directory_path() /
+             ("deadpeer-probe-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++))) {
+    fs::create_directories(dir_);
+    deadpeer::server_options o;
+    const auto listen_address = network ? network->topo().server_addr : "127.0.0.1";
+    o.listen = {asio::ip::make_address(listen_address), 0};
+    o.control = tcp::endpoint{asio::ip::make_address("127.0.0.1"), 0};
+    o.db_path = (dir_ / "server.db").string();
+    o.keepalive = config.server_keepalive();
+    o.heartbeat = config.heartbeat.has_value();
+    const auto interval = config.heartbeat.value_or(milliseconds(1000));
+    o.min_interval = std::min(milliseconds(10), interval);
+    o.default_interval = interval;
+    o.detector = config.detector_settings();
+    o.reap_interval = embedded_reap_interval;
+    o.end_on_eof = config.fault != "half-close";
+    auto create = [&] { server_ = std::make_unique<deadpeer::server>(io_, o); };
+    // Inside the lab the listener (and the control API) belong to the server namespace.
+    if (network)
+      network->in_server_ns(create);
+    else
+      create();
+    server_->start();
+    port_ = server_->local_endpoint().port();
+    control_port_ = server_->control_endpoint()->port();
+    thread_ = std::thread([this] { io_.run(); });
+  }
+
+  ~embedded_server() {
+    std::promise<void> stopped;
+    asio::post(io_, [&] { server_->stop([&] { stopped.set_value(); }); });
+    (void)stopped.get_future().wait_for(std::chrono::seconds(10));
+    io_.stop();
+    thread_.join();
+    server_.reset();
+    std::error_code ignored;
+    fs::remove_all(dir_, ignored);
+  }
+  embedded_server(const embedded_server&) = delete;
+  embedded_server& operator=(const embedded_server&) = delete;
+
+  unsigned short port() const { return port_; }
+  unsigned short control_port() const { return control_port_; }
+
+ private:
+  static inline int counter_ = 0;
+  fs::path dir_;
+  asio::io_context io_;
+  std::unique_ptr<deadpeer::server> server_;
+  std::thread thread_;
+  unsigned short port_ = 0;
+  unsigned short control_port_ = 0;
+};
+
+// Where the server is and how to ask it for events.
+struct server_access {
+  std::string address;  // what the victim connects to
+  unsigned short port = 0;
+  unsigned short control_port = 0;
+  const lab::network* network = nullptr;  // control API lives in the server namespace
+
+  json::object events_after(std::uint64_t since, milliseconds wait) const {
+    http_response r;
+    auto get = [&] {
+      r = http_get(
+          "127.0.0.1", control_port,
+          "/events?since=" + std::to_string(since) + "&wait=" + std::to_string(wait.count()),
+          wait + std::chrono::seconds(5));
+    };
+    if (network)
+      network->in_server_ns(get);
+    else
+      get();
+    if (r.status != 200)
+      throw std::runtime_error("the server's /events answered " + std::to_string(r.status));
+    return json::parse(r.body).as_object();
+  }
+};
+
+// Waits for the end of `client_id`'s connection until `deadline_ns`. nullopt: none.
+std::optional<json::object> wait_for_end(const server_access& server, const std::string& client_id,
+                                         std::uint64_t& since, std::int64_t deadline_ns) {
+  while (!interrupted()) {
+    const auto left_ms = (deadline_ns - deadpeer::monotonic_ns()) / 1'000'000;
+    if (left_ms <= 0) return std::nullopt;
+    const auto body =
+        server.events_after(since, milliseconds(std::min<std::int64_t>(left_ms, 500)));
+    for (const auto& e : body.at("events").as_array()) {
+      const auto& event = e.as_object();
+      since = std::max<std::uint64_t>(since, static_cast<std::uint64_t>(event.at("id").as_int64()));
+      if (event.at("client_id").as_string() == client_id) return event;
+    }
+  }
+  return std::nullopt;
+}
+
+// The newest event id, so a trial only looks at ends after its own start.
+std::uint64_t latest_event_id(const server_access& server) {
+  return static_cast<std::uint64_t>(server.events_after(0, milliseconds(0)).at("next").as_int64());
+}
+
+std::optional<unsigned short> victim_local_port(const server_access& server,
+                                                const std::string& client_id) {
+  http_response r;
+  auto get = [&] { r = http_get("127.0.0.1", server.control_port, "/connections"); };
+  if (server.network)
+    server.network->in_server_ns(get);
+  else
+    get();
+  const auto connections = json::parse(r.body);
+  for (const auto& c : connections.as_array()) {
+    const auto& o = c.as_object();
+    if (o.at("client_id").as_string() != client_id) continue;
+    const std::string peer(o.at("peer").as_string());
+    return static_cast<unsigned short>(std::stoi(peer.substr(peer.rfind(':') + 1)));
+  }
+  return std::nullopt;
+}
+
+// Bytes waiting unread in the victim's receive queue for its connection (Recv-Q).
+long unread_bytes(unsigned short victim_port) {
+  child_process ss(
+      {"ss", "-tnH", "state", "established", "( sport = :" + std::to_string(victim_port) + " )"});
+  const auto line = ss.read_line(std::chrono::seconds(5));
+  (void)ss.wait(std::chrono::seconds(5));
+  if (!line) return 0;
+  std::istringstream fields(*line);
+  long recv_q = 0;
+  fields >> recv_q;
+  return recv_q;
+}
+
+void set_note(trial_result& r, const std::string& text) {
+  r.note += (r.note.empty() ? "" : "; ") + text;
+}
+
+}  // namespace
+
+const std::vector<fault_kind>& fault_kinds() {
+  static const std::vector<fault_kind> kinds{
+      {"crash", "SIGKILL the victim: its kernel sends FIN", false, false},
+      {"crash-rst", "SIGKILL the victim with unread data in its receive buffer: RST", false, true},
+      {"linger0", "the victim closes with SO_LINGER {1,0}: RST", false, false},
+      {"hang", "SIGSTOP the victim: its kernel still ACKs, the application is dead", false, false},
+      {"half-close", "the victim shuts down its sending side and goes quiet (CLOSE_WAIT)", false,
+       false},
+      {"cable-pull", "nftables drops everything to and from the victim's namespace", true, false},
+      {"link-down", "the victim's veth link goes down", true, false},
+      {"reboot",
+       "drop, destroy the victim's socket without a FIN, heal: the next segment meets RST", true,
+       false},
+  };
+  return kinds;
+}
+
+const fault_kind& find_fault(std::string_view name) {
+  std::string known;
+  for (const auto& f : fault_kinds()) {
+    if (f.name == name) return f;
+    known += (known.empty() ? "" : ", ") + std::string(f.name);
+  }
+  throw usage_error("unknown fault \"" + std::string(name) + "\" (known: " + known + ")");
+}
+
+std::optional<deadpeer::keepalive_options> experiment_config::server_keepalive() const {
+  if (!keepalive && !user_timeout) return std::nullopt;
+  auto k = keepalive.value_or(deadpeer::keepalive_options{});
+  if (user_timeout) k.user_timeout = user_timeout;
+  return k;
+}
+
+milliseconds experiment_config::effective_dead_after() const {
+  if (dead_after) return *dead_after;
+  return heartbeat ? *heartbeat * 3 : milliseconds(0);
+}
+
+std::string experiment_config::config_key() const {
+  std::string key = "keepalive=" + (keepalive ? deadpeer::to_string(*keepalive) : "system");
+  key += " user_timeout=" + (user_timeout ? deadpeer::format_duration(*user_timeout) : "none");
+  key += " heartbeat=" + (heartbeat ? deadpeer::format_duration(*heartbeat) : "off");
+  if (heartbeat) {
+    key += " detector=" + detector;
+    key += detector == "phi" ? " phi=" + std::to_string(phi_threshold)
+                             : " dead_after=" + deadpeer::format_duration(effective_dead_after());
+  }
+  if (server) key += " server=external";
+  return key;
+}
+
+deadpeer::detector_config experiment_config::detector_settings() const {
+  const auto interval = heartbeat.value_or(milliseconds(1000));
+  if (detector == "phi") {
+    deadpeer::phi_detector_config p;
+    p.interval = interval;
+    p.threshold = phi_threshold;
+    return p;
+  }
+  return deadpeer::fixed_detector_config{
+      .interval = interval, .multiplier = 3.0, .timeout = effective_dead_after()};
+}
+
+std::string experiment_config::detector_description() const {
+  return deadpeer::make_detector(detector_settings(), std::chrono::steady_clock::now())->describe();
+}
+
+std::optional<milliseconds> experiment_config::bound() const {
+  const auto defaults = deadpeer::read_kernel_defaults();
+  const auto k =
+      deadpeer::resolve(server_keepalive().value_or(deadpeer::keepalive_options{}), defaults);
+  const auto kernel = deadpeer::compute_bound(k, defaults.retries2);
+  std::optional<milliseconds> heartbeat_bound;
+  if (heartbeat) {
+    // The detector's verdict after a fresh arrival, plus one interval of timer slack.
+    const std::chrono::steady_clock::time_point start{};
+    const auto d = deadpeer::make_detector(detector_settings(), start);
+    heartbeat_bound = std::chrono::ceil<milliseconds>(d->dead_at() - start) + *heartbeat;
+  }
+  auto smallest = [](std::optional<milliseconds> a, std::optional<milliseconds> b) {
+    if (!a) return b;
+    if (!b) return a;
+    return std::optional(std::min(*a, *b));
+  };
+  if (fault == "crash" || fault == "crash-rst" || fault == "linger0") return kernel_notice_bound;
+  if (fault == "half-close") return embedded_reap_interval * 2;  // ring bucket + one sweep
+  if (fault == "hang") return heartbeat_bound;  // keepalive cannot see a hung process
+  if (fault == "reboot") {
+    // The first segment after healing meets RST: a keepalive probe or a PING.
+    std::optional<milliseconds> keepalive_next;
+    if (k.enabled) keepalive_next = milliseconds(k.idle) + milliseconds(k.interval);
+    return smallest(keepalive_next, heartbeat ? std::optional(*heartbeat * 2) : std::nullopt);
+  }
+  // cable-pull, link-down: idle when heartbeats are off; with heartbeats a PING goes
+  // unacknowledged, so the kernel's busy bound applies alongside the detector.
+  if (heartbeat) return smallest(heartbeat_bound, kernel.busy);
+  return kernel.idle;
+}
+
+milliseconds experiment_config::hard_limit() const {
+  if (limit) return *limit;
+  const auto b = bound();
+  if (!b) return milliseconds(10'000);
+  return std::min(*b * 3 + milliseconds(10'000), milliseconds(300'000));
+}
+
+bool interrupted() {
+  return interrupt_flag.load();
+}
+
+void install_interrupt_handler() {
+  struct sigaction action {};
+  action.sa_handler = [](int) { interrupt_flag = true; };
+  sigemptyset(&action.sa_mask);
+  ::sigaction(SIGINT, &action, nullptr);
+  ::sigaction(SIGTERM, &action, nullptr);
+}
+
+std::int64_t begin_run(const std::string& db, const std::string& command,
+                       const std::string& config_json) {
+  deadpeer::event_store store({.path = db});
+  utsname u{};
+  ::uname(&u);
+  return store.begin_run(
+      {.started_unix_ms = std::chrono::duration_cast<milliseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count(),
+       .version = DEADPEER_VERSION,
+       .host = std::string(u.nodename) + " " + u.release,
+       .command = command,
+       .config_json = config_json});
+}
+
+int stored_trials(const std::string& db, const std::string& config_key, const std::string& fault) {
+  if (!fs::exists(db)) return 0;
+  sqlite3* handle = nullptr;
+  if (sqlite3_open_v2(db.c_str(), &handle, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+    sqlite3_close(handle);
+    return 0;
+  }
+  int count = 0;
+  sqlite3_stmt* stmt = nullptr;
+  if (sqlite3_prepare_v2(handle, "SELECT count(*) FROM trials WHERE config_key = ? AND fault = ?",
+                         -1, &stmt, nullptr) == SQLITE_OK) {
+    sqlite3_bind_text(stmt, 1, config_key.c_str(), -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(stmt, 2, fault.c_str(), -1, SQLITE_TRANSIENT);
+    if (sqlite3_step(stmt) == SQLITE_ROW) count = sqlite3_column_int(stmt, 0);
+  }
+  sqlite3_finalize(stmt);
+  sqlite3_close(handle);
+  return count;
+}
+
+std::vector<trial_result> run_experiment(const experiment_config& config, std::int64_t run_id,
+                                         int first_trial, const trial_callback& progress) {
+  const auto& fault = find_fault(config.fault);
+  if (fault.needs_heartbeat && !config.heartbeat)
+    throw usage_error("--fault " + config.fault +
+                      " needs heartbeats (the server's PING is the unread data); drop "
+                      "--heartbeat off");
+  if (config.server && fault.needs_lab)
+    throw usage_error("--fault " + config.fault +
+                      " builds its own network namespaces and runs its own server; drop --server");
+  if (config.server && config.fault == "half-close")
+    throw usage_error(
+        "--fault half-close needs a server started with --on-eof reap; measure it "
+        "with the embedded server (drop --server)");
+
+  std::unique_ptr<lab::network> network;
+  if (fault.needs_lab) {
+    if (const auto why = lab::unavailable_reason())
+      throw std::runtime_error("--fault " + config.fault + " needs the network lab: " + *why);
+    network = std::make_unique<lab::network>();
+  }
+  std::unique_ptr<embedded_server> embedded;
+  server_access server;
+  server.network = network.get();
+  if (config.server) {
+    server.address = config.server->address().to_string();
+    server.port = config.server->port();
+    server.control_port =
+        config.server_control_port.value_or(static_cast<unsigned short>(config.server->port() + 1));
+  } else {
+    embedded = std::make_unique<embedded_server>(config, network.get());
+    server.address = network ? network->topo().server_addr : "127.0.0.1";
+    server.port = embedded->port();
+    server.control_port = embedded->control_port();
+  }
+
+  deadpeer::event_store store({.path = config.db});
+  const auto bound = config.bound();
+  const std::string detector_text = config.heartbeat ? config.detector_description() : "";
+  const auto limit = config.hard_limit();
+  const auto probe_path = self_executable();
+  std::vector<trial_result> results;
+
+  for (int i = 0; i < config.trials && !interrupted(); ++i) {
+    trial_result r;
+    r.trial = first_trial + i;
+    const std::string id = "victim-" + std::to_string(::getpid()) + "-" + std::to_string(run_id) +
+                           "-" + std::to_string(r.trial) + "-" + config.fault;
+    std::vector<std::string> argv =
+        network ? network->victim_exec_prefix() : std::vector<std::string>{};
+    for (const auto& a : std::vector<std::string>{
+             probe_path, "connect", "--server", server.address + ":" + std::to_string(server.port),
+             "--id", id, "--verbose", "--lab-signals", "--heartbeat",
+             config.heartbeat ? deadpeer::format_duration(*config.heartbeat) : "off"})
+      argv.push_back(a);
+
+    std::uint64_t since = latest_event_id(server);
+    child_process victim(argv);
+    if (!victim.wait_for_line("connected to", std::chrono::seconds(10)))
+      throw std::runtime_error("the victim did not connect to " + server.address + ":" +
+                               std::to_string(server.port) + "; it printed: " + victim.output());
+    if (config.heartbeat) {
+      // Steady: two heartbeats acknowledged; the fault follows the third at once.
+      for (int beats = 0; beats < 3; ++beats)
+        if (!victim.wait_for_line("rtt ", *config.heartbeat * 5 + std::chrono::seconds(2)))
+          throw std::runtime_error("the victim never became steady: " + victim.output());
+    }
+    std::optional<unsigned short> victim_port;
+    if (config.fault == "crash-rst") {
+      // Freeze the victim, let the server's next PING land unread, then kill it.
+      victim_port = victim_local_port(server, id);
+      victim.signal(SIGSTOP);
+      const auto wait_until = deadpeer::monotonic_ns() + 5'000'000'000;
+      while (victim_port && unread_bytes(*victim_port) == 0 &&
+             deadpeer::monotonic_ns() < wait_until)
+        std::this_thread::sleep_for(milliseconds(5));
+    }
+
+    std::int64_t heal_ns = 0;
+    const auto t0 = deadpeer::monotonic_ns();
+    if (config.fault == "crash" || config.fault == "crash-rst") {
+      victim.signal(SIGKILL);
+    } else if (config.fault == "linger0") {
+      victim.signal(SIGUSR1);
+    } else if (config.fault == "hang") {
+      victim.signal(SIGSTOP);
+    } else if (config.fault == "half-close") {
+      victim.signal(SIGUSR2);
+    } else if (config.fault == "cable-pull") {
+      network->cable_pull();
+    } else if (config.fault == "link-down") {
+      network->link_down();
+    } else if (config.fault == "reboot") {
+      network->cable_pull();
+      network->destroy_victim_sockets();
+      victim.signal(SIGKILL);
+      (void)victim.wait(std::chrono::seconds(5));
+      network->cable_heal();
+      heal_ns = deadpeer::monotonic_ns();
+    }
+
+    const auto event = wait_for_end(server, id, since, t0 + limit.count() * 1'000'000);
+    if (event) {
+      const auto decided = event->at("decided_mono_ns").as_int64();
+      r.latency_ms = static_cast<double>(decided - t0) / 1e6;
+      r.detected_by = std::string(event->at("detected_by").as_string());
+      r.cause = std::string(event->at("cause").as_string());
+      r.error_number = static_cast<int>(event->at("errno").as_int64());
+      r.error_name = std::string(event->at("error").as_string());
+      r.outcome = decided < t0 ? "premature" : "detected";
+      if (heal_ns != 0)
+        set_note(
+            r, "detected " + std::to_string((decided - heal_ns) / 1'000'000) + " ms after healing");
+    } else {
+      r.outcome = "missed";
+      set_note(r, interrupted() ? "interrupted"
+                                : "not detected within " + deadpeer::format_duration(limit));
+    }
+
+    // Clean up: heal the network, end the victim (SIGKILL ends a stopped one too).
+    if (network) {
+      network->cable_heal();
+      network->link_up();
+    }
+    victim.signal(SIGKILL);
+    (void)victim.wait(std::chrono::seconds(5));
+
+    deadpeer::trial_record t;
+    t.run_id = run_id;
+    t.trial = r.trial;
+    t.fault = config.fault;
+    t.config_key = config.config_key();
+    t.keepalive = config.keepalive ? deadpeer::to_string(*config.keepalive) : "system";
+    t.heartbeat_interval_ms = config.heartbeat ? config.heartbeat->count() : 0;
+    t.detector = detector_text;
+    t.user_timeout_ms = config.user_timeout ? config.user_timeout->count() : 0;
+    t.bound_ms = bound ? bound->count() : -1;
+    t.fault_mono_ns = t0;
+    t.detected_mono_ns = event ? event->at("decided_mono_ns").as_int64() : 0;
+    t.latency_ms = r.latency_ms < 0 ? -1 : static_cast<std::int64_t>(r.latency_ms);
+    t.latency_ms_exact = r.latency_ms;
+    t.detected_by = r.detected_by;
+    t.cause = r.cause;
+    t.error_number = r.error_number;
+    t.error_name = r.error_name;
+    t.outcome = r.outcome;
+    t.note = r.note;
+    store.record(std::move(t));
+    if (progress) progress(config, r);
+    results.push_back(std::move(r));
+  }
+  store.flush();
+  return results;
+}
+
+}  // namespace probe

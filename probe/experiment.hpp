@@ -1,0 +1,92 @@
+// Fault experiments: start (or reach) a heartbeat-server, run a victim process that
+// heartbeats until steady, inject one real fault at t0 (CLOCK_MONOTONIC), and learn from
+// the server's /events long-poll when and how the death was noticed. Every trial is
+// stored, including the ones that were missed or noticed too early.
+//
+// Faults are injected right after a heartbeat exchange (or right after the handshake
+// when heartbeats are off), so the measured latency is the full detection time — the
+// worst case the settings allow — and can be held against the computed bound.
+#pragma once
+
+#include <deadpeer/detector.hpp>
+#include <deadpeer/keepalive.hpp>
+
+#include <boost/asio/ip/tcp.hpp>
+
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace probe {
+
+/// What one fault is, for --help and for planning a trial.
+struct fault_kind {
+  std::string_view name;
+  std::string_view description;
+  bool needs_lab;        ///< network namespaces (CAP_NET_ADMIN)
+  bool needs_heartbeat;  ///< cannot be measured without heartbeats
+};
+const std::vector<fault_kind>& fault_kinds();
+const fault_kind& find_fault(std::string_view name);  // throws usage_error
+
+struct experiment_config {
+  std::string fault = "crash";
+  int trials = 5;
+  std::optional<std::chrono::milliseconds> heartbeat = std::chrono::milliseconds(500);
+  std::string detector = "fixed";                       ///< fixed or phi
+  std::optional<std::chrono::milliseconds> dead_after;  ///< fixed; default 3 x heartbeat
+  double phi_threshold = 8.0;
+  std::optional<deadpeer::keepalive_options> keepalive;  ///< on the server's sockets
+  std::optional<std::chrono::milliseconds> user_timeout;
+  std::optional<boost::asio::ip::tcp::endpoint> server;  ///< external; else embedded
+  std::optional<unsigned short> server_control_port;     ///< its control API port
+  std::optional<std::chrono::milliseconds> limit;        ///< per-trial hard limit
+  std::string db = "results.db";
+  bool json = false;
+
+  /// Canonical text of the settings under test (same text = same configuration).
+  std::string config_key() const;
+  /// Keepalive options as the server applies them (keepalive + user timeout).
+  std::optional<deadpeer::keepalive_options> server_keepalive() const;
+  std::chrono::milliseconds effective_dead_after() const;
+  /// The server's detector for these settings, and its description.
+  deadpeer::detector_config detector_settings() const;
+  std::string detector_description() const;
+  /// The worst-case detection time the settings promise for this fault; nullopt: none.
+  std::optional<std::chrono::milliseconds> bound() const;
+  std::chrono::milliseconds hard_limit() const;
+};
+
+/// Outcome of one trial, as stored.
+struct trial_result {
+  int trial = 0;
+  std::string outcome;  ///< detected, missed, premature
+  double latency_ms = -1;
+  std::string detected_by, cause, error_name;
+  int error_number = 0;
+  std::string note;
+};
+
+/// Called after each trial (progress).
+using trial_callback = std::function<void(const experiment_config&, const trial_result&)>;
+
+/// Runs `trials` trials of one configuration (starting at index `first_trial`) under run
+/// `run_id` and stores them. Throws usage_error for impossible combinations and
+/// std::runtime_error when the environment fails (server, lab, victim).
+std::vector<trial_result> run_experiment(const experiment_config& config, std::int64_t run_id,
+                                         int first_trial, const trial_callback& progress);
+
+/// Inserts the runs row for this invocation and returns its id.
+std::int64_t begin_run(const std::string& db, const std::string& command,
+                       const std::string& config_json);
+
+/// Trials already stored for this configuration and fault (for resuming sweeps).
+int stored_trials(const std::string& db, const std::string& config_key, const std::string& fault);
+
+/// True once SIGINT or SIGTERM arrived; experiments stop between steps and clean up.
+bool interrupted();
+void install_interrupt_handler();
+
+}  // namespace probe

@@ -1,0 +1,122 @@
+// probe report: turns the trials table into a summary per (fault, configuration): how fast
+// the fault was noticed (p50, p95, max), against the bound the settings promise, by which
+// layer, and how often it was missed or declared too early. The summary is computed by
+// pure functions over plain rows, so it is tested without a database; reading SQLite,
+// formatting and plotting are separate steps around it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace probe {
+
+/// probe report [--db FILE] [--format table|csv|json] [--plot FILE.png] [--run ID|last|all]
+int command_report(const std::vector<std::string>& args);
+
+namespace report {
+
+/// The columns of one `trials` row that the report uses (docs/results-schema.md).
+struct trial_row {
+  std::int64_t run_id = 0;
+  std::string fault;
+  std::string config_key;
+  std::string keepalive;  ///< spec or "off"
+  std::int64_t heartbeat_interval_ms = 0;
+  std::string detector;
+  std::int64_t user_timeout_ms = 0;
+  std::int64_t bound_ms = -1;  ///< -1: no finite bound
+  /// latency_ms_exact (latency_ms where that is NULL); nullopt when not measured (-1).
+  std::optional<double> latency_ms;
+  std::string detected_by;
+  std::string outcome;  ///< "detected", "missed" or "premature"
+};
+
+/// One (fault, config_key) group of trials.
+struct summary_row {
+  std::string fault;
+  std::string config_key;
+  /// Compact settings, e.g. "ka=1s:1s:3 hb=1s(fixed 3s) ut=5s"; the config_key itself when
+  /// two different keys would print the same.
+  std::string configuration;
+  std::string keepalive;
+  std::int64_t heartbeat_interval_ms = 0;
+  std::string detector;
+  std::int64_t user_timeout_ms = 0;
+  std::size_t trials = 0;  ///< n: every trial of the group, whatever its outcome
+  std::size_t detected = 0;
+  std::size_t missed = 0;
+  std::size_t premature = 0;
+  /// Over the detected trials' latencies; nullopt when none was detected.
+  std::optional<double> p50_ms, p95_ms, max_ms;
+  std::optional<std::int64_t> bound_ms;  ///< nullopt: no finite bound
+  std::optional<double> max_over_bound;  ///< max_ms / bound_ms when both exist (bound > 0)
+  std::string detected_by;               ///< "eof", "eof+reset"; empty when none detected
+
+  std::size_t failures() const { return missed + premature; }
+};
+
+/// Nearest-rank percentile of `sorted` (ascending, non-empty), 0 < percent <= 100.
+double nearest_rank(std::span<const double> sorted, unsigned percent);
+
+/// The compact configuration of a row: keepalive, heartbeat interval and detector, user
+/// timeout.
+std::string describe_configuration(const trial_row& row);
+
+/// Groups `rows` by (fault, config_key) and summarizes each group. Groups are ordered by
+/// fault, then by their first row in `rows` (the order the sweep ran them in).
+std::vector<summary_row> summarize(const std::vector<trial_row>& rows);
+
+/// A latency for people: "0.84 ms", "42.3 ms", "4.07 s", "7875 s".
+std::string format_latency(double ms);
+
+/// The summary as an aligned table with a header line, one line per group.
+std::string format_table(const std::vector<summary_row>& rows);
+/// RFC 4180 CSV (CRLF line ends) with a header row; numbers raw, in milliseconds; a missing
+/// value (no detection, no bound) is an empty field.
+std::string format_csv(const std::vector<summary_row>& rows);
+/// A JSON array of objects with the CSV's fields; a missing value is null.
+std::string format_json(const std::vector<summary_row>& rows);
+/// One CSV field, quoted when it holds a comma, a quote, CR or LF.
+std::string csv_field(std::string_view text);
+
+/// Which runs to report: --run ID|last|all.
+struct run_selection {
+  enum class kind { all, last, id };
+  kind which = kind::all;
+  std::int64_t id = 0;  ///< for kind::id
+};
+/// Parses "all", "last" or a positive run id; throws usage_error otherwise.
+run_selection parse_run_selection(std::string_view text);
+
+/// The selected trials of the database at `path`, in insertion order, read through a
+/// read-only connection. Throws usage_error naming the path when the file does not exist,
+/// is not a readable SQLite database or has no trials table. `description` receives what
+/// was selected in words ("all runs", "run 3", "the last run (5)").
+std::vector<trial_row> load_trials(const std::string& path, const run_selection& selection,
+                                   std::string& description);
+
+/// Plotting failed (gnuplot error, unwritable output file); what() says why.
+class plot_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// The full path of the gnuplot program found on PATH, or nullopt.
+std::optional<std::string> find_gnuplot();
+
+/// Draws `png_path` with gnuplot: (1) each detected trial's latency per configuration on a
+/// log scale in seconds, with the promised bound as a bar; (2) the latency distribution per
+/// detecting layer (box and points). Work files live in a temporary directory that is
+/// removed afterwards. Throws plot_error.
+void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials,
+                const std::vector<summary_row>& rows, const std::string& png_path,
+                std::string_view title);
+
+}  // namespace report
+}  // namespace probe
