@@ -29,6 +29,7 @@
 #include <cmath>
 #include <filesystem>
 #include <future>
+#include <iomanip>
 #include <map>
 #include <regex>
 #include <sstream>
@@ -460,6 +461,11 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
       r.error_number = static_cast<int>(event->at("errno").as_int64());
       r.error_name = std::string(event->at("error").as_string());
       r.outcome = decided < t0 ? "premature" : "detected";
+      // The server's own view: silence from the last byte heard to its verdict.
+      std::ostringstream silence;
+      silence << "silence " << std::fixed << std::setprecision(1)
+              << event->at("silence_ms").to_number<double>() << " ms";
+      set_note(r, silence.str());
       if (heal_ns != 0)
         set_note(
             r, "detected " + std::to_string((decided - heal_ns) / 1'000'000) + " ms after healing");

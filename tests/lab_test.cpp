@@ -241,7 +241,7 @@ TEST_CASE("lab: unavailable_reason is cheap and leaves nothing behind", "[lab]")
   CHECK(own_netns_names() == before);
 }
 
-TEST_CASE("lab: a network is built, carries TCP, and is removed", "[lab]") {
+TEST_CASE("lab: a network carries TCP between its namespaces and is removed", "[lab]") {
   if (!lab_available()) return;
   lab::topology t;
   {
@@ -332,7 +332,7 @@ TEST_CASE("lab: a constructor that fails half-way removes what it created", "[la
   CHECK(own_netns_names() == before);
 }
 
-TEST_CASE("lab: in_server_ns returns to the original namespace, even after a throw", "[lab]") {
+TEST_CASE("lab: in_server_ns returns to the original namespace even after a throw", "[lab]") {
   if (!lab_available()) return;
   const std::string self = "/proc/thread-self/ns/net";
   const ino_t home = netns_inode(self);
@@ -356,7 +356,7 @@ TEST_CASE("lab: in_server_ns returns to the original namespace, even after a thr
   require_gone(t);
 }
 
-TEST_CASE("lab: cable pull — keepalive 1s/1s/3 ends an idle connection with ETIMEDOUT in ~4 s",
+TEST_CASE("lab: cable pull: keepalive 1s/1s/3 ends an idle connection with ETIMEDOUT in about 4 s",
           "[lab][slow]") {
   if (!lab_available()) return;
   lab::topology t;
@@ -387,7 +387,7 @@ TEST_CASE("lab: cable pull — keepalive 1s/1s/3 ends an idle connection with ET
   require_gone(t);
 }
 
-TEST_CASE("lab: link down stops traffic (keepalive ETIMEDOUT in ~4 s), link up restores it",
+TEST_CASE("lab: link down stops traffic (keepalive ETIMEDOUT in about 4 s) and link up restores it",
           "[lab][slow]") {
   if (!lab_available()) return;
   lab::topology t;
@@ -426,7 +426,7 @@ TEST_CASE("lab: link down stops traffic (keepalive ETIMEDOUT in ~4 s), link up r
   require_gone(t);
 }
 
-TEST_CASE("lab: reboot — after healing, the server's next keepalive probe meets RST",
+TEST_CASE("lab: reboot: after healing the next keepalive probe of the server meets RST",
           "[lab][slow]") {
   if (!lab_available()) return;
   lab::topology t;
@@ -633,7 +633,7 @@ TEST_CASE("lab: the signal cleanup passes the signal on to the handler installed
   CHECK(names.count(victim_ns) == 0);
 }
 
-TEST_CASE("lab: a forked child's copy never tears down its parent's lab", "[lab]") {
+TEST_CASE("lab: a copy in a forked child never tears down the lab of its parent", "[lab]") {
   if (!lab_available()) return;
   lab::network net;
   const auto t = net.topo();

@@ -5,6 +5,7 @@
 #include <deadpeer/session.hpp>
 
 #include <deadpeer/clock.hpp>
+#include <deadpeer/tcp_info.hpp>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -480,11 +481,21 @@ void session::end_with(pending_end end) {
 }
 
 void session::end_by_socket_error(std::error_code ec, connection_context::operation op) {
+  // Was data unacknowledged when the kernel gave up? That decides between keepalive and
+  // retransmission (or user timeout). The kernel purges its queues on abort but keeps its
+  // counters: retransmissions mean data was in flight, keepalive probes mean it was idle.
+  // Without TCP_INFO: sent after the last thing heard from a peer that answers everything.
+  bool in_flight = state_ == state::established && last_sent_ > last_heard_;
+  std::error_code info_error;
+  if (const auto kernel = read_tcp_info(socket_.native_handle(), info_error)) {
+    if (kernel->retransmits > 0 || kernel->backoff > 0)
+      in_flight = true;
+    else if (kernel->probes > 0)
+      in_flight = false;
+  }
   const connection_context context{
       .op = op,
-      // Sent after the last thing heard: that data cannot have been acknowledged by a
-      // peer that answers everything it receives, so keepalive was not probing.
-      .data_in_flight = state_ == state::established && last_sent_ > last_heard_,
+      .data_in_flight = in_flight,
       .keepalive_armed = keepalive_in_force_.enabled,
       .user_timeout_armed = keepalive_in_force_.user_timeout.count() != 0};
   const auto verdict = classify(ec, context);
