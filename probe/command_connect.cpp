@@ -38,6 +38,7 @@ struct connect_settings {
   deadpeer::session_config session;
   bool reconnect = false;
   bool verbose = false;
+  bool lab = false;  ///< run by an experiment: extra machine-readable output
   milliseconds connect_timeout{5000};
 };
 
@@ -94,6 +95,16 @@ asio::awaitable<std::optional<deadpeer::session_end>> run_once(
     if (end->error) std::cout << ", " << end->error.message();
     if (end->protocol_error) std::cout << ", " << deadpeer::wire::to_string(*end->protocol_error);
     std::cout << std::endl;
+    if (s.lab)  // machine-readable, for the experiment that runs this client
+      std::cout << "end cause=" << deadpeer::to_string(end->cause)
+                << " detected_by=" << deadpeer::to_string(end->detected_by) << " errno="
+                << (end->error.category() == std::generic_category() ||
+                            end->error.category() == std::system_category()
+                        ? end->error.value()
+                        : 0)
+                << " decided_mono_ns=" << end->decided_ns
+                << " silence_ms=" << static_cast<double>(end->decided_ns - end->last_heard_ns) / 1e6
+                << std::endl;
   }
   co_return end;
 }
@@ -164,6 +175,7 @@ int command_connect(const std::vector<std::string>& args) {
   if (vm.count("auth-token") != 0) s.session.auth_token = vm["auth-token"].as<std::string>();
   s.reconnect = vm.count("reconnect") != 0;
   s.verbose = vm.count("verbose") != 0;
+  s.lab = vm.count("lab-signals") != 0;
 
   asio::io_context io;
   bool interrupted = false;

@@ -9,6 +9,7 @@
 #include "http_client.hpp"
 #include "lab.hpp"
 
+#include <deadpeer/cause.hpp>
 #include <deadpeer/clock.hpp>
 #include <deadpeer/detector.hpp>
 #include <deadpeer/duration.hpp>
@@ -200,17 +201,28 @@ void set_note(trial_result& r, const std::string& text) {
 
 const std::vector<fault_kind>& fault_kinds() {
   static const std::vector<fault_kind> kinds{
-      {"crash", "SIGKILL the victim: its kernel sends FIN", false, false},
-      {"crash-rst", "SIGKILL the victim with unread data in its receive buffer: RST", false, true},
-      {"linger0", "the victim closes with SO_LINGER {1,0}: RST", false, false},
-      {"hang", "SIGSTOP the victim: its kernel still ACKs, the application is dead", false, false},
-      {"half-close", "the victim shuts down its sending side and goes quiet (CLOSE_WAIT)", false,
+      {"crash", "SIGKILL the victim: its kernel sends FIN", false, false, false},
+      {"crash-rst", "SIGKILL the victim with unread data in its receive buffer: RST", false, true,
        false},
-      {"cable-pull", "nftables drops everything to and from the victim's namespace", true, false},
-      {"link-down", "the victim's veth link goes down", true, false},
+      {"linger0", "the victim closes with SO_LINGER {1,0}: RST", false, false, false},
+      {"hang", "SIGSTOP the victim: its kernel still ACKs, the application is dead", false, false,
+       false},
+      {"half-close", "the victim shuts down its sending side and goes quiet (CLOSE_WAIT)", false,
+       false, false},
+      {"cable-pull", "nftables drops everything to and from the victim's namespace", true, false,
+       false},
+      {"link-down", "the victim's veth link goes down", true, false, false},
       {"reboot",
        "drop, destroy the victim's socket without a FIN, heal: the next segment meets RST", true,
-       false},
+       false, false},
+      {"server-crash", "SIGKILL a heartbeat-server process; the client must notice", false, false,
+       true},
+      {"server-hang", "SIGSTOP a heartbeat-server process; the client must notice", false, false,
+       true},
+      {"server-cable-pull",
+       "cut the server's network (the client's keepalive or heartbeat must "
+       "notice)",
+       true, false, true},
   };
   return kinds;
 }
@@ -282,7 +294,9 @@ std::optional<milliseconds> experiment_config::bound() const {
     if (!b) return a;
     return std::optional(std::min(*a, *b));
   };
-  if (fault == "crash" || fault == "crash-rst" || fault == "linger0") return kernel_notice_bound;
+  if (fault == "crash" || fault == "crash-rst" || fault == "linger0" || fault == "server-crash")
+    return kernel_notice_bound;
+  if (fault == "server-hang") return heartbeat_bound;
   if (fault == "half-close") return embedded_reap_interval * 2;  // ring bucket + one sweep
   if (fault == "hang") return heartbeat_bound;  // keepalive cannot see a hung process
   if (fault == "reboot") {
@@ -291,8 +305,8 @@ std::optional<milliseconds> experiment_config::bound() const {
     if (k.enabled) keepalive_next = milliseconds(k.idle) + milliseconds(k.interval);
     return smallest(keepalive_next, heartbeat ? std::optional(*heartbeat * 2) : std::nullopt);
   }
-  // cable-pull, link-down: idle when heartbeats are off; with heartbeats a PING goes
-  // unacknowledged, so the kernel's busy bound applies alongside the detector.
+  // cable-pull, link-down, server-cable-pull: idle when heartbeats are off; with heartbeats a PING
+  // goes unacknowledged, so the kernel's busy bound applies alongside the detector.
   if (heartbeat) return smallest(heartbeat_bound, kernel.busy);
   return kernel.idle;
 }
@@ -351,6 +365,141 @@ int stored_trials(const std::string& db, const std::string& config_key, const st
   return count;
 }
 
+namespace {
+
+void store_trial(deadpeer::event_store& store, const experiment_config& config, std::int64_t run_id,
+                 const trial_result& r, std::int64_t t0, std::int64_t detected_ns,
+                 const std::string& detector_text) {
+  const auto bound = config.bound();
+  deadpeer::trial_record t;
+  t.run_id = run_id;
+  t.trial = r.trial;
+  t.fault = config.fault;
+  t.config_key = config.config_key();
+  t.keepalive = config.keepalive ? deadpeer::to_string(*config.keepalive) : "system";
+  t.heartbeat_interval_ms = config.heartbeat ? config.heartbeat->count() : 0;
+  t.detector = detector_text;
+  t.user_timeout_ms = config.user_timeout ? config.user_timeout->count() : 0;
+  t.bound_ms = bound ? bound->count() : -1;
+  t.fault_mono_ns = t0;
+  t.detected_mono_ns = detected_ns;
+  t.latency_ms = r.latency_ms < 0 ? -1 : static_cast<std::int64_t>(r.latency_ms);
+  t.latency_ms_exact = r.latency_ms;
+  t.detected_by = r.detected_by;
+  t.cause = r.cause;
+  t.error_number = r.error_number;
+  t.error_name = r.error_name;
+  t.outcome = r.outcome;
+  t.note = r.note;
+  store.record(std::move(t));
+}
+
+// heartbeat-server beside probe (build tree or install), else on PATH.
+std::string server_executable(const std::string& probe_path) {
+  const auto dir = fs::path(probe_path).parent_path();
+  for (const auto& candidate :
+       {dir / "heartbeat-server", dir / ".." / "heartbeat-server" / "heartbeat-server"})
+    if (fs::exists(candidate)) return candidate.lexically_normal().string();
+  return "heartbeat-server";
+}
+
+// Server-side faults: the server is its own process, the victim is the server, and the
+// client's session reports when it noticed (machine-readable "end ..." line).
+std::vector<trial_result> run_server_faults(const experiment_config& config, std::int64_t run_id,
+                                            int first_trial, const trial_callback& progress,
+                                            lab::network* network) {
+  deadpeer::event_store store({.path = config.db});
+  const auto limit = config.hard_limit();
+  const auto probe_path = self_executable();
+  const auto server_path = server_executable(probe_path);
+  const std::string detector_text = config.heartbeat ? config.detector_description() : "";
+  const fs::path dir =
+      fs::temp_directory_path() / ("deadpeer-probe-server-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::vector<trial_result> results;
+  for (int i = 0; i < config.trials && !interrupted(); ++i) {
+    trial_result r;
+    r.trial = first_trial + i;
+    const auto listen_address = network ? network->topo().server_addr : "127.0.0.1";
+    std::vector<std::string> server_argv =
+        network ? network->server_exec_prefix() : std::vector<std::string>{};
+    for (const auto& a : std::vector<std::string>{
+             server_path, "--listen", listen_address + ":0", "--control", "off", "--db",
+             (dir / "server.db").string(), "--heartbeat", config.heartbeat ? "on" : "off",
+             "--interval-min", "10ms", "--interval-default",
+             deadpeer::format_duration(config.heartbeat.value_or(milliseconds(1000)))})
+      server_argv.push_back(a);
+    child_process server(server_argv);
+    const auto listening = server.wait_for_line("listening on", std::chrono::seconds(10));
+    if (!listening) throw std::runtime_error("heartbeat-server did not start: " + server.output());
+    const auto port = listening->substr(listening->rfind(':') + 1);
+
+    std::vector<std::string> argv =
+        network ? network->victim_exec_prefix() : std::vector<std::string>{};
+    for (const auto& a : std::vector<std::string>{
+             probe_path, "connect", "--server", listen_address + ":" + port, "--id",
+             "client-" + std::to_string(r.trial), "--verbose", "--lab-signals", "--heartbeat",
+             config.heartbeat ? deadpeer::format_duration(*config.heartbeat) : "off"})
+      argv.push_back(a);
+    if (config.heartbeat) {
+      argv.push_back("--dead-after");
+      argv.push_back(deadpeer::format_duration(config.effective_dead_after()));
+    }
+    if (const auto k = config.server_keepalive()) {
+      argv.push_back("--keepalive");
+      argv.push_back(deadpeer::to_string(*k));
+    }
+    child_process client(argv);
+    if (!client.wait_for_line("connected to", std::chrono::seconds(10)))
+      throw std::runtime_error("the client did not connect: " + client.output());
+    if (config.heartbeat)
+      for (int beats = 0; beats < 3; ++beats)
+        if (!client.wait_for_line("rtt ", *config.heartbeat * 5 + std::chrono::seconds(2)))
+          throw std::runtime_error("the client never became steady: " + client.output());
+
+    const auto t0 = deadpeer::monotonic_ns();
+    if (config.fault == "server-crash") server.signal(SIGKILL);
+    if (config.fault == "server-hang") server.signal(SIGSTOP);
+    if (config.fault == "server-cable-pull") network->cable_pull();
+
+    const auto end_line = client.wait_for_line("end cause=", limit);
+    std::int64_t detected_ns = 0;
+    if (end_line) {
+      std::map<std::string, std::string> fields;
+      std::istringstream words(end_line->substr(4));
+      for (std::string word; words >> word;)
+        if (const auto eq = word.find('='); eq != std::string::npos)
+          fields[word.substr(0, eq)] = word.substr(eq + 1);
+      detected_ns = std::stoll(fields["decided_mono_ns"]);
+      r.latency_ms = static_cast<double>(detected_ns - t0) / 1e6;
+      r.cause = fields["cause"];
+      r.detected_by = fields["detected_by"];
+      r.error_number = std::stoi(fields["errno"]);
+      r.error_name = std::string(deadpeer::linux_errno_name(r.error_number));
+      r.outcome = detected_ns < t0 ? "premature" : "detected";
+      set_note(r, "silence " + fields["silence_ms"] + " ms (client side)");
+    } else {
+      r.outcome = "missed";
+      set_note(r, interrupted() ? "interrupted"
+                                : "not detected within " + deadpeer::format_duration(limit));
+    }
+    if (network) network->cable_heal();
+    server.signal(SIGKILL);
+    client.signal(SIGKILL);
+    (void)server.wait(std::chrono::seconds(5));
+    (void)client.wait(std::chrono::seconds(5));
+    store_trial(store, config, run_id, r, t0, detected_ns, detector_text);
+    if (progress) progress(config, r);
+    results.push_back(std::move(r));
+  }
+  store.flush();
+  std::error_code ignored;
+  fs::remove_all(dir, ignored);
+  return results;
+}
+
+}  // namespace
+
 std::vector<trial_result> run_experiment(const experiment_config& config, std::int64_t run_id,
                                          int first_trial, const trial_callback& progress) {
   const auto& fault = find_fault(config.fault);
@@ -372,6 +521,12 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
       throw std::runtime_error("--fault " + config.fault + " needs the network lab: " + *why);
     network = std::make_unique<lab::network>();
   }
+  if (fault.server_side) {
+    if (config.server)
+      throw usage_error("--fault " + config.fault +
+                        " starts its own heartbeat-server; drop --server");
+    return run_server_faults(config, run_id, first_trial, progress, network.get());
+  }
   std::unique_ptr<embedded_server> embedded;
   server_access server;
   server.network = network.get();
@@ -388,7 +543,6 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
   }
 
   deadpeer::event_store store({.path = config.db});
-  const auto bound = config.bound();
   const std::string detector_text = config.heartbeat ? config.detector_description() : "";
   const auto limit = config.hard_limit();
   const auto probe_path = self_executable();
@@ -483,27 +637,8 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
     victim.signal(SIGKILL);
     (void)victim.wait(std::chrono::seconds(5));
 
-    deadpeer::trial_record t;
-    t.run_id = run_id;
-    t.trial = r.trial;
-    t.fault = config.fault;
-    t.config_key = config.config_key();
-    t.keepalive = config.keepalive ? deadpeer::to_string(*config.keepalive) : "system";
-    t.heartbeat_interval_ms = config.heartbeat ? config.heartbeat->count() : 0;
-    t.detector = detector_text;
-    t.user_timeout_ms = config.user_timeout ? config.user_timeout->count() : 0;
-    t.bound_ms = bound ? bound->count() : -1;
-    t.fault_mono_ns = t0;
-    t.detected_mono_ns = event ? event->at("decided_mono_ns").as_int64() : 0;
-    t.latency_ms = r.latency_ms < 0 ? -1 : static_cast<std::int64_t>(r.latency_ms);
-    t.latency_ms_exact = r.latency_ms;
-    t.detected_by = r.detected_by;
-    t.cause = r.cause;
-    t.error_number = r.error_number;
-    t.error_name = r.error_name;
-    t.outcome = r.outcome;
-    t.note = r.note;
-    store.record(std::move(t));
+    store_trial(store, config, run_id, r, t0, event ? event->at("decided_mono_ns").as_int64() : 0,
+                detector_text);
     if (progress) progress(config, r);
     results.push_back(std::move(r));
   }

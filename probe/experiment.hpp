@@ -27,6 +27,7 @@ struct fault_kind {
   std::string_view description;
   bool needs_lab;        ///< network namespaces (CAP_NET_ADMIN)
   bool needs_heartbeat;  ///< cannot be measured without heartbeats
+  bool server_side;      ///< the fault hits the server; the client's session must notice
 };
 const std::vector<fault_kind>& fault_kinds();
 const fault_kind& find_fault(std::string_view name);  // throws usage_error

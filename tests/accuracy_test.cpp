@@ -172,3 +172,37 @@ TEST_CASE("accuracy: after a reboot the next keepalive probe meets RST") {
     CHECK(std::stoi(r.note.substr(at + 9)) <= 1100);
   }
 }
+
+TEST_CASE("accuracy: the client notices a crashed server by EOF and a hung one by heartbeat") {
+  const auto crash = run_probe({"run", "--fault", "server-crash", "--trials", "3"});
+  REQUIRE(crash.size() == 3);
+  for (const auto& r : crash) {
+    CHECK(r.outcome == "detected");
+    CHECK(r.detected_by == "eof");
+  }
+  CHECK(p95(crash) <= 20.0);
+  const auto hang = run_probe({"run", "--fault", "server-hang", "--heartbeat", "200ms",
+                               "--dead-after", "600ms", "--trials", "3"});
+  REQUIRE(hang.size() == 3);
+  for (const auto& r : hang) {
+    INFO(r.latency_ms << " ms, " << r.note);
+    CHECK(r.outcome == "detected");
+    CHECK(r.detected_by == "heartbeat");
+    CHECK(r.latency_ms >= 590.0);
+    CHECK(r.latency_ms <= 1000.0);
+  }
+}
+
+TEST_CASE("accuracy: a client with keepalive 1s:1s:3 notices a cut server in 4.0 to 4.4 s") {
+  if (!lab_available()) return;
+  const auto rows = run_probe({"run", "--fault", "server-cable-pull", "--keepalive", "1s:1s:3",
+                               "--heartbeat", "off", "--trials", "2"});
+  REQUIRE(rows.size() == 2);
+  for (const auto& r : rows) {
+    INFO(r.latency_ms << " ms " << r.note);
+    CHECK(r.outcome == "detected");
+    CHECK(r.detected_by == "keepalive");
+    CHECK(r.latency_ms >= 4000.0);
+    CHECK(r.latency_ms <= 4400.0);
+  }
+}

@@ -700,4 +700,11 @@ std::optional<lookup_result> lookup(std::string_view text) {
   return std::nullopt;
 }
 
+std::string_view linux_errno_name(int number) {
+  if (number == 0) return {};
+  for (const auto& e : errors)
+    if (e.platform == linux_ && e.number == number) return e.name;
+  return {};
+}
+
 }  // namespace deadpeer

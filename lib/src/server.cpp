@@ -63,9 +63,8 @@ bool is_errno(const std::error_code& ec) {
 
 std::string errno_name(const std::error_code& ec) {
   if (!is_errno(ec)) return {};
-  for (const auto& e : known_errors())
-    if (e.platform == "linux" && e.number == ec.value()) return std::string(e.name);
-  return ec.message();
+  const auto name = linux_errno_name(ec.value());
+  return name.empty() ? ec.message() : std::string(name);
 }
 
 double ms(std::int64_t ns) {

@@ -99,6 +99,9 @@ std::optional<detected_by> detected_by_from_string(std::string_view name);
 /// The explanation for a cause; every cause has one.
 const cause_explanation& explain(cause c);
 
+/// The Linux errno name of `number` ("ETIMEDOUT" for 110); empty when unknown or 0.
+std::string_view linux_errno_name(int number);
+
 /// All error numbers deadpeer knows, Linux and Winsock.
 std::span<const known_error> known_errors();
 
