@@ -120,7 +120,7 @@ TEST_CASE("accuracy: a hang is noticed by the heartbeat within 0.6 to 1.0 s") {
   }
 }
 
-TEST_CASE("accuracy: keepalive alone never notices a hang; the trial is stored as missed") {
+TEST_CASE("accuracy: keepalive alone never notices a hang and the trial is stored as missed") {
   const auto rows = run_probe(
       {"run", "--fault", "hang", "--heartbeat", "off", "--keepalive", "1s:1s:3", "--trials", "1"});
   REQUIRE(rows.size() == 1);

@@ -31,7 +31,7 @@ TEST_CASE("deadlines expire once their bucket has passed, never early") {
   CHECK(ring.size() == 0);
 }
 
-TEST_CASE("moving a deadline later keeps an entry alive; cancel forgets it") {
+TEST_CASE("moving a deadline later keeps an entry alive and cancel forgets it") {
   deadline_ring ring(10ms, 8, t0);
   ring.schedule(7, t0 + 50ms);
   ring.schedule(8, t0 + 50ms);

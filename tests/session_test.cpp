@@ -221,7 +221,7 @@ TEST_CASE("a client notices a hung server by its own detector") {
   CHECK(silence <= 400ms);
 }
 
-TEST_CASE("rejecting a 10 MB upload: graceful close delivers ERROR then EOF; close() resets") {
+TEST_CASE("rejecting a 10 MB upload: graceful close delivers ERROR then EOF but close() resets") {
   // The peer sends HELLO and then starts a 10 MB DATA frame, far above the 64 KiB limit,
   // reading concurrently like any client that can receive an error mid-upload.
   const std::size_t body = 10 * 1024 * 1024;
