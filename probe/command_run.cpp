@@ -2,6 +2,7 @@
 // line. Options shared by run and sweep are described once here.
 #include "cli.hpp"
 #include "experiment.hpp"
+#include "lab.hpp"
 
 #include <deadpeer/config_error.hpp>
 #include <deadpeer/duration.hpp>
@@ -27,7 +28,7 @@ std::string fault_help() {
   std::string text = "fault to inject:";
   for (const auto& f : fault_kinds())
     text += "\n  " + std::string(f.name) + ": " + std::string(f.description) +
-            (f.needs_lab ? " [needs root: network namespaces]" : "");
+            (f.needs_lab ? " [network namespaces: root, or an unprivileged user namespace]" : "");
   return text;
 }
 
@@ -165,7 +166,7 @@ void print_next_steps(const experiment_config& c, std::int64_t run_id) {
       << " shows every run)\n";
   if (c.fault == "crash")
     out << "next: a silent death, which only timers can notice:\n"
-           "  sudo probe run --fault cable-pull --keepalive 1s:1s:3 --heartbeat off\n"
+           "  probe run --fault cable-pull --keepalive 1s:1s:3 --heartbeat off\n"
            "  probe run --fault hang --heartbeat 200ms --dead-after 600ms\n";
 }
 
@@ -193,6 +194,8 @@ int command_run(const std::vector<std::string>& args) {
     if (config.heartbeat && config.effective_dead_after() <= *config.heartbeat)
       throw usage_error("--dead-after must be longer than the heartbeat interval");
 
+  if (find_fault(config.fault).needs_lab && lab::unavailable_reason())
+    run_again_in_user_namespace("run", args);
   install_interrupt_handler();
   std::ostream& progress_out = config.json ? std::cerr : std::cout;
   const auto bound = config.bound();
@@ -253,6 +256,8 @@ int command_sweep(const std::vector<std::string>& args) {
       grid.push_back(c);
     }
 
+  if (find_fault(base.fault).needs_lab && lab::unavailable_reason())
+    run_again_in_user_namespace("sweep", args);
   install_interrupt_handler();
   std::ostream& progress_out = base.json ? std::cerr : std::cout;
   int total = 0, done = 0;

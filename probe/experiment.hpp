@@ -86,6 +86,12 @@ std::int64_t begin_run(const std::string& db, const std::string& command,
 /// Trials already stored for this configuration and fault (for resuming sweeps).
 int stored_trials(const std::string& db, const std::string& config_key, const std::string& fault);
 
+/// For a lab fault without CAP_NET_ADMIN: runs `probe <command> <args>` again inside a new
+/// user, network and mount namespace where this user is root (unshare, as lab.md
+/// describes). Returns only when that is not possible (already tried, or no unshare);
+/// the caller then reports why the lab is unavailable.
+void run_again_in_user_namespace(const std::string& command, const std::vector<std::string>& args);
+
 /// True once SIGINT or SIGTERM arrived; experiments stop between steps and clean up.
 bool interrupted();
 void install_interrupt_handler();
