@@ -75,6 +75,7 @@ class embedded_server {
     const auto interval = config.heartbeat.value_or(milliseconds(1000));
     o.min_interval = std::min(milliseconds(10), interval);
     o.default_interval = interval;
+    o.max_interval = interval;  // the victim asks for exactly this; dead-after must exceed it
     o.detector = config.detector_settings();
     o.reap_interval = embedded_reap_interval;
     o.end_on_eof = config.fault != "half-close";

@@ -444,3 +444,14 @@ TEST_CASE("server: bad control API requests get 404 and 400 with JSON errors") {
   CHECK(bad.status == 400);
   CHECK(json::parse(bad.body).as_object().contains("error"));
 }
+
+TEST_CASE("server: options that would declare clients dead between heartbeats are refused") {
+  server_options o;
+  o.max_interval = 5s;
+  o.detector = fixed_detector_config{.interval = 1s, .multiplier = 3.0, .timeout = 2s};
+  CHECK_THROWS_WITH(validate(o), Catch::Contains("dead-after 2s") && Catch::Contains("5s"));
+  o.detector = fixed_detector_config{.interval = 1s, .multiplier = 1.0, .timeout = 0ms};
+  CHECK_THROWS_WITH(validate(o), Catch::Contains("multiplier"));
+  o.detector = fixed_detector_config{.interval = 1s, .multiplier = 1.5, .timeout = 0ms};
+  CHECK_NOTHROW(validate(o));
+}

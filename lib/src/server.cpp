@@ -92,6 +92,18 @@ void validate(const server_options& o) {
   if (o.auth_token.size() > wire::max_auth_token)
     throw config_error("auth token is longer than 255 bytes");
   (void)make_detector(o.detector, steady_clock::now());  // throws config_error if invalid
+  // WELCOME promises dead_after > interval (protocol.md): a shorter silence would declare
+  // a client dead between two of its own heartbeats.
+  if (const auto* fixed = std::get_if<fixed_detector_config>(&o.detector)) {
+    if (fixed->timeout.count() > 0 && fixed->timeout <= o.max_interval)
+      throw config_error("dead-after " + format_duration(fixed->timeout) +
+                         " must be longer than the largest heartbeat interval granted (" +
+                         format_duration(o.max_interval) + "); lower the interval maximum");
+    if (fixed->timeout.count() == 0 && fixed->multiplier <= 1.0)
+      throw config_error(
+          "dead-after multiplier must be above 1 (dead after more than one "
+          "interval of silence)");
+  }
 }
 
 struct server::impl : control_source, std::enable_shared_from_this<server::impl> {
@@ -101,6 +113,7 @@ struct server::impl : control_source, std::enable_shared_from_this<server::impl>
     tcp::endpoint peer;
     std::string client_id;
     bool established = false;
+    bool handshake_expired = false;  // the reaper has rejected it; a late HELLO is refused
     std::int64_t opened_ns = 0;
     std::int64_t opened_unix_ms = 0;
     std::int64_t last_heard_ns = 0;
@@ -237,8 +250,11 @@ struct server::impl : control_source, std::enable_shared_from_this<server::impl>
     c.opened_unix_ms = unix_ms_now();
     c.last_heard_ns = c.opened_ns;
     ring.schedule(id, steady_clock::now() + options.handshake_timeout);
-    auto& entry = connections.emplace(id, std::move(c)).first->second;
-    entry.s = session::start(std::move(socket), session_settings(id), handlers(id));
+    connections.emplace(id, std::move(c));
+    // start() may run the session to its end at once (and erase the entry) before it
+    // returns, so look the entry up again instead of holding a reference across it.
+    auto s = session::start(std::move(socket), session_settings(id), handlers(id));
+    if (const auto it = connections.find(id); it != connections.end()) it->second.s = std::move(s);
   }
 
   session_handlers handlers(std::uint64_t id) {
@@ -269,6 +285,8 @@ struct server::impl : control_source, std::enable_shared_from_this<server::impl>
 
   std::optional<wire::error> on_hello(std::uint64_t id, const wire::hello& hello) {
     if (stopping) return wire::error{wire::error_code::server_full, "server is shutting down"};
+    if (connections.at(id).handshake_expired)
+      return wire::error{wire::error_code::handshake_timeout, "no HELLO in time"};
     if (!options.auth_token.empty() && !same_secret(hello.auth_token, options.auth_token)) {
       ++rejected["auth_failed"];
       return wire::error{wire::error_code::auth_failed, "wrong or missing auth token"};
@@ -401,6 +419,7 @@ struct server::impl : control_source, std::enable_shared_from_this<server::impl>
       auto& c = found->second;
       if (!c.established) {
         ++reaped["handshake"];
+        c.handshake_expired = true;
         c.s->reject(wire::error_code::handshake_timeout, "no HELLO in time",
                     cause::handshake_timeout, detected_by::reaper);
         continue;
@@ -557,6 +576,8 @@ server::server(asio::io_context& io, server_options options) {
   impl_ = std::make_shared<impl>(io, std::move(options));
 }
 
+// Destroy the server only after its io_context has stopped running (after stop()'s
+// callback, or io.stop()): the teardown below touches objects the io thread uses.
 server::~server() {
   if (impl_) {
     impl_->stopping = true;

@@ -88,6 +88,10 @@ std::shared_ptr<session> session::start(socket_type socket, session_config confi
   (void)dead_after_for(config.detector, config.role == session_role::server
                                             ? config.default_interval
                                             : std::max(config.requested_interval, milliseconds(1)));
+  if (config.role == session_role::client &&
+      (config.client_id.empty() || config.client_id.size() > wire::max_client_id ||
+       config.auth_token.size() > wire::max_auth_token))
+    throw std::invalid_argument("session: client id must be 1..64 bytes, auth token at most 255");
   if (config.ping_jitter < 0.0 || config.ping_jitter >= 1.0)
     throw std::invalid_argument("session: ping_jitter must be in [0, 1)");
   if (config.min_interval <= milliseconds(0) || config.min_interval > config.max_interval)
@@ -207,7 +211,14 @@ asio::awaitable<void> session::reader() {
         break;
       }
       ++frames_received_;
-      handle(std::move(std::get<wire::frame>(next)));
+      try {
+        handle(std::move(std::get<wire::frame>(next)));
+      } catch (const std::exception& e) {
+        // A throwing callback or an unencodable reply must not leave a session that
+        // nobody reads: end it, saying why.
+        end_by_protocol(wire::error_code::internal_error,
+                        std::string("internal error: ") + e.what());
+      }
     }
   }
 }
@@ -235,7 +246,7 @@ asio::awaitable<void> session::watchdog() {
       if (now >= next_ping_at() && !send_closed_)
         enqueue(wire::ping{.sequence = next_sequence_++,
                            .timestamp_ns = static_cast<std::uint64_t>(monotonic_ns())});
-      wake = std::min(detector_->dead_at(), next_ping_at());
+      wake = send_closed_ ? detector_->dead_at() : std::min(detector_->dead_at(), next_ping_at());
     }
     watchdog_timer_.expires_at(wake);
     co_await watchdog_timer_.async_wait(use_tuple);  // woken early by wake_watchdog()
@@ -260,7 +271,8 @@ asio::awaitable<void> session::writer() {
       // Cancelled mid-write as the session ends: keep the rest so a graceful close can
       // complete the frame before its last one, instead of corrupting the stream.
       partial_write_.assign(batch.begin() + static_cast<std::ptrdiff_t>(n), batch.end());
-      if (!end_) end_by_socket_error(ec, connection_context::operation::writing);
+      // After half_close() our own shutdown fails the write: expected, not an end.
+      if (!end_ && !send_closed_) end_by_socket_error(ec, connection_context::operation::writing);
       co_return;
     }
   }
@@ -357,7 +369,8 @@ void session::handle(wire::frame frame) {
               return;
             }
           }
-          enqueue(wire::pong{.sequence = f.sequence, .timestamp_ns = f.timestamp_ns});
+          enqueue(wire::pong{.sequence = f.sequence, .timestamp_ns = f.timestamp_ns},
+                  /*ahead_of_data=*/true);
         } else if constexpr (std::is_same_v<T, wire::pong>) {
           const auto rtt = nanoseconds(monotonic_ns() - static_cast<std::int64_t>(f.timestamp_ns));
           // Only our own PINGs carry our clock; anything else is ignored, not trusted.
@@ -443,9 +456,13 @@ void session::established(milliseconds interval, milliseconds dead_after, std::u
   wake_watchdog();
 }
 
-void session::enqueue(const wire::frame& frame) {
+void session::enqueue(const wire::frame& frame, bool ahead_of_data) {
   if (send_closed_) return;
-  outgoing_.push_back(wire::encode(frame));
+  // A PONG overtakes queued DATA so a large send does not inflate the peer's RTT.
+  if (ahead_of_data)
+    outgoing_.push_front(wire::encode(frame));
+  else
+    outgoing_.push_back(wire::encode(frame));
   ++frames_sent_;
   last_sent_ = steady_clock::now();
   roll_ping_delay();

@@ -185,7 +185,7 @@ class session : public std::enable_shared_from_this<session> {
   void handle_welcome(const wire::welcome& welcome);
   void established(std::chrono::milliseconds interval, std::chrono::milliseconds dead_after,
                    std::uint64_t session_id, std::string client_id);
-  void enqueue(const wire::frame& frame);
+  void enqueue(const wire::frame& frame, bool ahead_of_data = false);
   void end_with(pending_end end);
   void end_by_socket_error(std::error_code ec, connection_context::operation op);
   void end_by_protocol(wire::error_code code, std::string text);
