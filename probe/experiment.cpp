@@ -33,7 +33,6 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
-#include <regex>
 #include <sstream>
 #include <thread>
 

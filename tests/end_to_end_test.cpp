@@ -15,7 +15,6 @@
 
 #include <filesystem>
 #include <map>
-#include <regex>
 
 using namespace std::chrono_literals;
 using deadpeer::test::http_get;
@@ -39,11 +38,13 @@ struct running_server {
         (dir / "e2e.db").string(), "--interval-default", "200ms", "--reap-interval", "100ms"});
     const auto line = process->wait_for_line("listening on", 10s);
     REQUIRE(line.has_value());
-    std::smatch m;
-    REQUIRE(std::regex_search(*line, m,
-                              std::regex(R"(on 127\.0\.0\.1:(\d+).*http://127\.0\.0\.1:(\d+))")));
-    port = static_cast<unsigned short>(std::stoi(m[1]));
-    control_port = static_cast<unsigned short>(std::stoi(m[2]));
+    // "heartbeat-server listening on 127.0.0.1:P, control API on http://127.0.0.1:C"
+    const auto listen_at = line->find("on 127.0.0.1:");
+    const auto control_at = line->find("http://127.0.0.1:");
+    REQUIRE(listen_at != std::string::npos);
+    REQUIRE(control_at != std::string::npos);
+    port = static_cast<unsigned short>(std::stoi(line->substr(listen_at + 13)));
+    control_port = static_cast<unsigned short>(std::stoi(line->substr(control_at + 17)));
   }
   ~running_server() {
     process.reset();
