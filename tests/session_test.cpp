@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <future>
+#include <list>
 #include <mutex>
 #include <thread>
 
@@ -376,6 +377,9 @@ TEST_CASE("a ping flood gets ERROR too_many_pings") {
 }
 
 TEST_CASE("the server clamps the requested interval into its range") {
+  // The recorders outlive the io thread: each session reports its end after its peer
+  // closes, which may be after the loop iteration that created it.
+  std::list<recorder> recorders;
   io_thread io;
   listener l(io.context());
   auto config = server_config(1s);
@@ -385,7 +389,7 @@ TEST_CASE("the server clamps the requested interval into its range") {
        std::vector<std::pair<std::chrono::milliseconds, std::uint32_t>>{
            {10ms, 200}, {100s, 5000}, {0ms, 1000}, {700ms, 700}}) {
     raw_peer peer(l.port());
-    recorder events;
+    auto& events = recorders.emplace_back();
     session::start(l.accept(), config, events.handlers());
     CHECK(peer.handshake("clamp", requested).interval_ms == accepted);
   }
