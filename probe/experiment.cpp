@@ -416,6 +416,32 @@ void store_trial(deadpeer::event_store& store, const experiment_config& config, 
   store.record(std::move(t));
 }
 
+// A heartbeat client (`probe connect`) as a child process, in the victim namespace when
+// there is a lab, returned once steady: connected and, with heartbeats, two heartbeats
+// acknowledged, so the fault can follow the third at once.
+std::unique_ptr<child_process> start_steady_client(const lab::network* network,
+                                                   const std::string& probe_path,
+                                                   const std::string& server, const std::string& id,
+                                                   const experiment_config& config,
+                                                   const std::vector<std::string>& extra) {
+  std::vector<std::string> argv =
+      network ? network->victim_exec_prefix() : std::vector<std::string>{};
+  for (const auto& a : std::vector<std::string>{
+           probe_path, "connect", "--server", server, "--id", id, "--verbose", "--lab-signals",
+           "--heartbeat", config.heartbeat ? deadpeer::format_duration(*config.heartbeat) : "off"})
+    argv.push_back(a);
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  auto client = std::make_unique<child_process>(argv);
+  if (!client->wait_for_line("connected to", std::chrono::seconds(10)))
+    throw std::runtime_error("the client " + id + " did not connect to " + server +
+                             "; it printed: " + client->output());
+  if (config.heartbeat)
+    for (int beats = 0; beats < 3; ++beats)
+      if (!client->wait_for_line("rtt ", *config.heartbeat * 5 + std::chrono::seconds(2)))
+        throw std::runtime_error("the client " + id + " never became steady: " + client->output());
+  return client;
+}
+
 // heartbeat-server beside probe (build tree or install), else on PATH.
 std::string server_executable(const std::string& probe_path) {
   const auto dir = fs::path(probe_path).parent_path();
@@ -456,28 +482,16 @@ std::vector<trial_result> run_server_faults(const experiment_config& config, std
     if (!listening) throw std::runtime_error("heartbeat-server did not start: " + server.output());
     const auto port = listening->substr(listening->rfind(':') + 1);
 
-    std::vector<std::string> argv =
-        network ? network->victim_exec_prefix() : std::vector<std::string>{};
-    for (const auto& a : std::vector<std::string>{
-             probe_path, "connect", "--server", listen_address + ":" + port, "--id",
-             "client-" + std::to_string(r.trial), "--verbose", "--lab-signals", "--heartbeat",
-             config.heartbeat ? deadpeer::format_duration(*config.heartbeat) : "off"})
-      argv.push_back(a);
-    if (config.heartbeat) {
-      argv.push_back("--dead-after");
-      argv.push_back(deadpeer::format_duration(config.effective_dead_after()));
-    }
-    if (const auto k = config.server_keepalive()) {
-      argv.push_back("--keepalive");
-      argv.push_back(deadpeer::to_string(*k));
-    }
-    child_process client(argv);
-    if (!client.wait_for_line("connected to", std::chrono::seconds(10)))
-      throw std::runtime_error("the client did not connect: " + client.output());
-    if (config.heartbeat)
-      for (int beats = 0; beats < 3; ++beats)
-        if (!client.wait_for_line("rtt ", *config.heartbeat * 5 + std::chrono::seconds(2)))
-          throw std::runtime_error("the client never became steady: " + client.output());
+    std::vector<std::string> extra;
+    if (config.heartbeat)  // the client's detector is what is measured here
+      extra.insert(extra.end(),
+                   {"--dead-after", deadpeer::format_duration(config.effective_dead_after())});
+    if (const auto k = config.server_keepalive())
+      extra.insert(extra.end(), {"--keepalive", deadpeer::to_string(*k)});
+    const auto client_process =
+        start_steady_client(network, probe_path, listen_address + ":" + port,
+                            "client-" + std::to_string(r.trial), config, extra);
+    child_process& client = *client_process;
 
     const auto t0 = deadpeer::monotonic_ns();
     if (config.fault == "server-crash") server.signal(SIGKILL);
@@ -575,25 +589,11 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
     r.trial = first_trial + i;
     const std::string id = "victim-" + std::to_string(::getpid()) + "-" + std::to_string(run_id) +
                            "-" + std::to_string(r.trial) + "-" + config.fault;
-    std::vector<std::string> argv =
-        network ? network->victim_exec_prefix() : std::vector<std::string>{};
-    for (const auto& a : std::vector<std::string>{
-             probe_path, "connect", "--server", server.address + ":" + std::to_string(server.port),
-             "--id", id, "--verbose", "--lab-signals", "--heartbeat",
-             config.heartbeat ? deadpeer::format_duration(*config.heartbeat) : "off"})
-      argv.push_back(a);
-
     std::uint64_t since = latest_event_id(server);
-    child_process victim(argv);
-    if (!victim.wait_for_line("connected to", std::chrono::seconds(10)))
-      throw std::runtime_error("the victim did not connect to " + server.address + ":" +
-                               std::to_string(server.port) + "; it printed: " + victim.output());
-    if (config.heartbeat) {
-      // Steady: two heartbeats acknowledged; the fault follows the third at once.
-      for (int beats = 0; beats < 3; ++beats)
-        if (!victim.wait_for_line("rtt ", *config.heartbeat * 5 + std::chrono::seconds(2)))
-          throw std::runtime_error("the victim never became steady: " + victim.output());
-    }
+    const auto victim_process =
+        start_steady_client(network.get(), probe_path,
+                            server.address + ":" + std::to_string(server.port), id, config, {});
+    child_process& victim = *victim_process;
     std::optional<unsigned short> victim_port;
     if (config.fault == "crash-rst") {
       // Freeze the victim, let the server's next PING land unread, then kill it.

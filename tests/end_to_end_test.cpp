@@ -159,6 +159,8 @@ TEST_CASE("end to end: crash, hang, half-close and takeover against heartbeat-se
   sqlite3_close(db);
   INFO("rows: " << rows.size());
   CHECK(rows.size() == 5);  // crash, hang, half, twin (superseded), twin2
+  REQUIRE(rows.count("hang") == 1);
+  REQUIRE(rows.count("half") == 1);
   CHECK(rows.find("hang")->second == "heartbeat_timeout");
   CHECK(rows.find("half")->second == "peer_closed");
   CHECK(rows.count("twin") == 2);
