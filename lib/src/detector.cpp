@@ -232,26 +232,7 @@ class phi_detector final : public failure_detector {
 };
 
 std::unique_ptr<failure_detector> make_fixed(const fixed_detector_config& c, steady_time start) {
-  const char* name = "fixed";
-  check_interval(name, c.interval);
-  if (!(std::isfinite(c.multiplier) && c.multiplier > 0))
-    fail(name, "multiplier must be a finite number > 0, got " + number(c.multiplier));
-  if (c.timeout < milliseconds(0))
-    fail(name, "timeout must be >= 0 (0 means multiplier x interval), got " + quote(c.timeout));
-  if (c.timeout.count() > max_ms)
-    fail(name, "timeout " + quote(c.timeout) + " is beyond the steady clock's range");
-
-  milliseconds timeout = c.timeout;
-  if (timeout == milliseconds(0)) {
-    const double product = c.multiplier * static_cast<double>(c.interval.count());
-    const std::string what =
-        "multiplier x interval = " + number(c.multiplier) + " x " + format_duration(c.interval);
-    if (!(product < static_cast<double>(max_ms)))
-      fail(name, what + " is beyond the steady clock's range");
-    timeout = milliseconds(std::llround(product));
-    if (timeout <= milliseconds(0)) fail(name, what + " rounds to 0ms; the timeout must be >= 1ms");
-  }
-  return std::make_unique<fixed_detector>(c, timeout, start);
+  return std::make_unique<fixed_detector>(c, fixed_timeout(c), start);
 }
 
 std::unique_ptr<failure_detector> make_phi(const phi_detector_config& c, steady_time start) {
@@ -270,6 +251,26 @@ std::unique_ptr<failure_detector> make_phi(const phi_detector_config& c, steady_
 }
 
 }  // namespace
+
+milliseconds fixed_timeout(const fixed_detector_config& c) {
+  const char* name = "fixed";
+  check_interval(name, c.interval);
+  if (!(std::isfinite(c.multiplier) && c.multiplier > 0))
+    fail(name, "multiplier must be a finite number > 0, got " + number(c.multiplier));
+  if (c.timeout < milliseconds(0))
+    fail(name, "timeout must be >= 0 (0 means multiplier x interval), got " + quote(c.timeout));
+  if (c.timeout.count() > max_ms)
+    fail(name, "timeout " + quote(c.timeout) + " is beyond the steady clock's range");
+  if (c.timeout > milliseconds(0)) return c.timeout;
+  const double product = c.multiplier * static_cast<double>(c.interval.count());
+  const std::string what =
+      "multiplier x interval = " + number(c.multiplier) + " x " + format_duration(c.interval);
+  if (!(product < static_cast<double>(max_ms)))
+    fail(name, what + " is beyond the steady clock's range");
+  const milliseconds timeout(std::llround(product));
+  if (timeout <= milliseconds(0)) fail(name, what + " rounds to 0ms; the timeout must be >= 1ms");
+  return timeout;
+}
 
 std::unique_ptr<failure_detector> make_detector(const detector_config& config, steady_time start) {
   if (const auto* fixed = std::get_if<fixed_detector_config>(&config))

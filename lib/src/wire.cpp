@@ -482,34 +482,44 @@ void decoder::feed(std::span<const std::byte> bytes) {
   buffer_.insert(buffer_.end(), bytes.begin(), bytes.end());
 }
 
-std::variant<std::monostate, frame, decode_error> decoder::next() {
-  if (failed_) return *failed_;
-  const std::size_t available = buffered();
-  if (available < length_size) return std::monostate{};
-  const std::byte* p = buffer_.data() + consumed_;
-
+decoded decode_one(std::span<const std::byte> bytes, std::uint32_t max_frame) {
+  const std::size_t available = bytes.size();
+  if (available < length_size) return {};
+  const std::byte* p = bytes.data();
   const std::uint32_t length = load_u32(p);
-  auto fail = [this](decode_error e) {
-    failed_ = std::move(e);
-    return *failed_;
-  };
-  if (length == 0) return fail(bad(error_code::malformed_frame, "frame length is 0"));
-  if (length > max_frame_)
-    return fail(bad(error_code::frame_too_large, "frame length " + std::to_string(length) +
-                                                     " exceeds the maximum " +
-                                                     std::to_string(max_frame_)));
-  if (available < header_size) return std::monostate{};
-
+  if (length == 0) return {bad(error_code::malformed_frame, "frame length is 0"), 0};
+  if (length > max_frame)
+    return {bad(error_code::frame_too_large, "frame length " + std::to_string(length) +
+                                                 " exceeds the maximum " +
+                                                 std::to_string(max_frame)),
+            0};
+  if (available < header_size) return {};
   const auto type = static_cast<std::uint8_t>(p[length_size]);
   if (!known(type))
-    return fail(bad(error_code::unknown_frame_type,
-                    "frame type 0x" + hex(std::span(p + length_size, 1)) + " is unknown"));
-  if (available - length_size < length) return std::monostate{};
-
+    return {bad(error_code::unknown_frame_type,
+                "frame type 0x" + hex(std::span(p + length_size, 1)) + " is unknown"),
+            0};
+  if (available - length_size < length) return {};
   auto parsed = parse(static_cast<frame_type>(type), std::span(p + header_size, length - 1));
-  consumed_ += length_size + length;
-  if (auto* e = std::get_if<decode_error>(&parsed)) return fail(std::move(*e));
-  return std::move(std::get<frame>(parsed));
+  const std::size_t consumed = length_size + length;
+  if (auto* e = std::get_if<decode_error>(&parsed)) return {std::move(*e), consumed};
+  return {std::move(std::get<frame>(parsed)), consumed};
+}
+
+std::size_t frame_size_needed(std::span<const std::byte> bytes) {
+  if (bytes.size() < length_size) return length_size;
+  return length_size + load_u32(bytes.data());
+}
+
+std::variant<std::monostate, frame, decode_error> decoder::next() {
+  if (failed_) return *failed_;
+  auto one = decode_one(std::span(buffer_).subspan(consumed_), max_frame_);
+  consumed_ += one.consumed;
+  if (auto* e = std::get_if<decode_error>(&one.result)) {
+    failed_ = std::move(*e);
+    return *failed_;
+  }
+  return std::move(one.result);
 }
 
 std::string_view to_string(frame_type t) {

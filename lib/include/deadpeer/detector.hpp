@@ -54,6 +54,11 @@ class failure_detector {
   virtual std::string describe() const = 0;
 };
 
+/// The fixed detector's silence limit: `timeout` when set, else multiplier × interval
+/// rounded to whole milliseconds. Throws config_error like make_detector. The protocol
+/// engine keeps this one number inline instead of a detector object per connection.
+std::chrono::milliseconds fixed_timeout(const fixed_detector_config& config);
+
 /// Builds a detector from its configuration; `start` counts as the first arrival.
 /// Throws config_error for nonsense parameters (non-positive interval, multiplier or
 /// threshold, zero window).

@@ -130,6 +130,23 @@ struct decode_error {
                        ///< can be sent as the ERROR text as is
 };
 
+/// One frame decoded from the front of a buffer: `result` is std::monostate when more
+/// bytes are needed (consumed 0), the frame, or the violation. `consumed` is the bytes the
+/// frame took (also for a frame whose body was invalid; 0 for a bad header).
+struct decoded {
+  std::variant<std::monostate, frame, decode_error> result;
+  std::size_t consumed = 0;
+};
+
+/// Stateless decoding of the first frame in `bytes` (no copy, no buffer kept), for a
+/// driver that reads into one shared buffer and keeps only a partial frame's leftover.
+/// Checks in the order of protocol.md §9: length 0, length > max_frame (reported as soon
+/// as the 4-byte header is there), unknown type, then the body.
+decoded decode_one(std::span<const std::byte> bytes, std::uint32_t max_frame);
+
+/// Bytes a complete frame starting at `bytes` needs (4 while the length is incomplete).
+std::size_t frame_size_needed(std::span<const std::byte> bytes);
+
 /// Incremental decoder. After an error it stays failed: a byte stream that lost framing
 /// cannot be resynchronised.
 class decoder {

@@ -1,0 +1,526 @@
+#include <deadpeer/engine.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <deadpeer/clock.hpp>
+
+#include <stdexcept>
+
+// The protocol engine, rule by rule, with a fake clock and no socket: each test feeds
+// bytes and instants and checks the frames, deadlines and events that come out.
+
+using namespace std::chrono_literals;
+using namespace deadpeer;
+using time_point = protocol_engine::time_point;
+
+namespace {
+
+const time_point t0 = time_point{} + 1000s;
+
+std::vector<std::byte> bytes_of(const wire::frame& f) {
+  return wire::encode(f);
+}
+
+// Every frame in `bytes`, which must hold whole frames only.
+std::vector<wire::frame> frames_in(const std::vector<std::byte>& bytes) {
+  wire::decoder d(UINT32_MAX);
+  d.feed(bytes);
+  std::vector<wire::frame> out;
+  for (;;) {
+    auto next = d.next();
+    if (std::holds_alternative<std::monostate>(next)) break;
+    REQUIRE(std::holds_alternative<wire::frame>(next));
+    out.push_back(std::get<wire::frame>(next));
+  }
+  REQUIRE(d.buffered() == 0);
+  return out;
+}
+
+struct recorder : engine_observer {
+  std::vector<session_established> established;
+  std::vector<std::vector<std::byte>> data;
+  std::vector<std::chrono::nanoseconds> rtts;
+  int admitted = 0;
+  int finished = 0;
+  std::optional<wire::error> refusal;
+  bool throw_on_data = false;
+
+  void on_established(const session_established& e) override { established.push_back(e); }
+  void on_data(std::span<const std::byte> d) override {
+    if (throw_on_data) throw std::runtime_error("boom");
+    data.emplace_back(d.begin(), d.end());
+  }
+  void on_rtt(std::chrono::nanoseconds rtt) override { rtts.push_back(rtt); }
+  void on_peer_finished() override { ++finished; }
+  std::optional<wire::error> admit(const wire::hello&) override {
+    ++admitted;
+    return refusal;
+  }
+};
+
+engine_config server_config() {
+  engine_config c;
+  c.role = session_role::server;
+  c.min_interval = 100ms;
+  c.max_interval = 60s;
+  c.default_interval = 1s;
+  c.detector = fixed_detector_config{.interval = 1s, .multiplier = 3.0, .timeout = 0ms};
+  return c;
+}
+
+engine_config client_config() {
+  engine_config c;
+  c.role = session_role::client;
+  c.client_id = "phone-1";
+  c.requested_interval = 1s;
+  return c;
+}
+
+wire::hello hello_for(std::uint32_t interval_ms = 1000) {
+  return wire::hello{.version = wire::protocol_version,
+                     .client_id = "phone-1",
+                     .requested_interval_ms = interval_ms,
+                     .auth_token = ""};
+}
+
+// A server engine that has received HELLO at t0 and answered.
+struct established_server {
+  engine_config config = server_config();
+  engine_output out;
+  recorder events;
+  protocol_engine engine{config, t0, 42, 7, out};
+
+  explicit established_server(std::uint32_t interval_ms = 1000,
+                              std::function<void(engine_config&)> adjust = {}) {
+    if (adjust) adjust(config);
+    engine.receive(bytes_of(hello_for(interval_ms)), t0, out, events);
+    REQUIRE(engine.established());
+    out.clear();
+  }
+  void feed(const wire::frame& f, time_point now) { engine.receive(bytes_of(f), now, out, events); }
+};
+
+const wire::error& only_error(const engine_output& out) {
+  static std::vector<wire::frame> frames;
+  frames = frames_in(out.ordered);
+  REQUIRE(frames.size() == 1);
+  REQUIRE(std::holds_alternative<wire::error>(frames[0]));
+  return std::get<wire::error>(frames[0]);
+}
+
+}  // namespace
+
+TEST_CASE("engine: a client says HELLO first and a server waits for it") {
+  engine_output out;
+  const auto client = client_config();
+  protocol_engine c(client, t0, 0, 1, out);
+  const auto frames = frames_in(out.ordered);
+  REQUIRE(frames.size() == 1);
+  const auto& hello = std::get<wire::hello>(frames[0]);
+  CHECK(hello.client_id == "phone-1");
+  CHECK(hello.requested_interval_ms == 1000);
+
+  engine_output server_out;
+  const auto server = server_config();
+  protocol_engine s(server, t0, 0, 1, server_out);
+  CHECK(server_out.empty());
+  CHECK_FALSE(s.established());
+}
+
+TEST_CASE("engine: the server clamps the requested interval and answers WELCOME") {
+  const auto config = server_config();
+  for (const auto& [requested, granted] : std::vector<std::pair<std::uint32_t, std::uint32_t>>{
+           {0, 1000}, {50, 100}, {250, 250}, {90000, 60000}}) {
+    engine_output out;
+    recorder events;
+    protocol_engine s(config, t0, 42, 1, out);
+    s.receive(bytes_of(hello_for(requested)), t0 + 3ms, out, events);
+    const auto frames = frames_in(out.ordered);
+    REQUIRE(frames.size() == 1);
+    const auto& w = std::get<wire::welcome>(frames[0]);
+    CHECK(w.interval_ms == granted);
+    CHECK(w.dead_after_ms == 3 * granted);
+    CHECK(w.session_id == 42);
+    CHECK(w.max_frame == wire::default_max_frame);
+    REQUIRE(events.established.size() == 1);
+    CHECK(events.established[0].client_id == "phone-1");
+    CHECK(events.established[0].interval == std::chrono::milliseconds(granted));
+  }
+}
+
+TEST_CASE("engine: the handshake timeout fires at its value, not before") {
+  auto config = server_config();
+  config.handshake_timeout = 500ms;
+  engine_output out;
+  protocol_engine s(config, t0, 1, 1, out);
+  CHECK(s.next_timeout() == t0 + 500ms);
+  s.on_timeout(t0 + 499ms, out);
+  CHECK_FALSE(s.ended());
+  s.on_timeout(t0 + 500ms, out);
+  REQUIRE(s.ended());
+  CHECK(only_error(out).code == wire::error_code::handshake_timeout);
+  CHECK(s.end().cause == cause::handshake_timeout);
+  CHECK(s.end().detected_by == detected_by::reaper);
+  CHECK(s.end_mode() == close_mode::graceful);
+  CHECK(s.end().decided_ns == to_monotonic_ns(t0 + 500ms));
+
+  auto client = client_config();
+  client.handshake_timeout = 2s;
+  engine_output cout;
+  protocol_engine c(client, t0, 0, 1, cout);
+  cout.clear();
+  c.on_timeout(t0 + 2s, cout);
+  REQUIRE(c.ended());
+  CHECK(only_error(cout).code == wire::error_code::handshake_timeout);
+  CHECK(c.end().detected_by == detected_by::application);
+}
+
+TEST_CASE("engine: HELLO is validated in the documented order before capacity") {
+  const auto config = server_config();
+  auto refused_with = [&](std::vector<std::byte> hello_bytes, std::optional<wire::error> refusal,
+                          int& admitted) {
+    engine_output out;
+    recorder events;
+    events.refusal = std::move(refusal);
+    protocol_engine s(config, t0, 1, 1, out);
+    s.receive(hello_bytes, t0, out, events);
+    REQUIRE(s.ended());
+    admitted = events.admitted;
+    return only_error(out).code;
+  };
+  const wire::error full{wire::error_code::server_full, "connection limit reached"};
+  int admitted = 0;
+
+  auto bad_magic = bytes_of(hello_for());
+  bad_magic[5] = std::byte{'X'};
+  CHECK(refused_with(bad_magic, full, admitted) == wire::error_code::unsupported_version);
+  CHECK(admitted == 0);
+
+  auto bad_version = hello_for();
+  bad_version.version = 9;
+  CHECK(refused_with(bytes_of(bad_version), full, admitted) ==
+        wire::error_code::unsupported_version);
+  CHECK(admitted == 0);
+
+  auto bad_id = bytes_of(hello_for());
+  bad_id[10] = std::byte{0};  // id length 0
+  CHECK(refused_with(bad_id, full, admitted) == wire::error_code::invalid_client_id);
+  CHECK(admitted == 0);
+
+  CHECK(refused_with(bytes_of(hello_for()), full, admitted) == wire::error_code::server_full);
+  CHECK(admitted == 1);
+  CHECK(refused_with(bytes_of(hello_for()),
+                     wire::error{wire::error_code::auth_failed, "wrong token"},
+                     admitted) == wire::error_code::auth_failed);
+}
+
+TEST_CASE("engine: anything but HELLO first is unexpected_frame") {
+  const auto config = server_config();
+  engine_output out;
+  recorder events;
+  protocol_engine s(config, t0, 1, 1, out);
+  s.receive(bytes_of(wire::ping{1, 2}), t0, out, events);
+  REQUIRE(s.ended());
+  CHECK(only_error(out).code == wire::error_code::unexpected_frame);
+  CHECK(s.end().cause == cause::protocol_error);
+}
+
+TEST_CASE("engine: max_frame is 1024 before WELCOME and the negotiated value after") {
+  const auto config = server_config();
+  {
+    engine_output out;
+    recorder events;
+    protocol_engine s(config, t0, 1, 1, out);
+    std::vector<std::byte> big{std::byte{0}, std::byte{0}, std::byte{0x04}, std::byte{0x01}};
+    s.receive(big, t0, out, events);  // length 1025, header only
+    REQUIRE(s.ended());
+    CHECK(only_error(out).code == wire::error_code::frame_too_large);
+  }
+  established_server s;
+  const std::vector<std::byte> payload(5000, std::byte{7});
+  s.feed(wire::data{payload}, t0 + 10ms);
+  CHECK_FALSE(s.engine.ended());
+  REQUIRE(s.events.data.size() == 1);
+  CHECK(s.events.data[0] == payload);
+}
+
+TEST_CASE("engine: a frame arriving one byte at a time is whole, and every byte is life") {
+  established_server s;
+  const auto ping = bytes_of(wire::ping{5, 6});
+  for (std::size_t i = 0; i < ping.size(); ++i) {
+    const auto at = t0 + std::chrono::milliseconds(100 * (i + 1));
+    s.engine.receive(std::span(ping).subspan(i, 1), at, s.out, s.events);
+    CHECK(s.engine.last_heard() == at);
+    if (i + 1 < ping.size()) CHECK(s.engine.buffered() == i + 1);
+  }
+  CHECK(s.engine.buffered() == 0);
+  const auto frames = frames_in(s.out.urgent);
+  REQUIRE(frames.size() == 1);
+  CHECK(std::get<wire::pong>(frames[0]) == wire::pong{5, 6});
+}
+
+TEST_CASE("engine: PONG echoes the PING, goes ahead of data, and only our PINGs give RTT") {
+  established_server s;
+  s.engine.send_data(std::vector<std::byte>(10, std::byte{1}), t0 + 1ms, s.out);
+  s.feed(wire::ping{9, 123456}, t0 + 2ms);
+  CHECK(frames_in(s.out.urgent).size() == 1);
+  CHECK(std::holds_alternative<wire::data>(frames_in(s.out.ordered).at(0)));
+
+  // Our own PING at its due time, answered 5 ms later.
+  s.out.clear();
+  const auto due = s.engine.next_timeout();
+  s.engine.on_timeout(due, s.out);
+  const auto ping = std::get<wire::ping>(frames_in(s.out.ordered).at(0));
+  CHECK(ping.timestamp_ns == static_cast<std::uint64_t>(to_monotonic_ns(due)));
+  s.feed(wire::pong{ping.sequence, ping.timestamp_ns}, due + 5ms);
+  REQUIRE(s.events.rtts.size() == 1);
+  CHECK(s.events.rtts[0] == 5ms);
+  // A PONG for a PING we never sent is not trusted.
+  s.feed(wire::pong{ping.sequence + 10, 0}, due + 6ms);
+  CHECK(s.events.rtts.size() == 1);
+}
+
+TEST_CASE("engine: PINGs come after a jittered interval of sending nothing") {
+  established_server s;
+  // Due in [0.9 I, 1.1 I] after the WELCOME.
+  auto due = s.engine.next_timeout();
+  CHECK(due >= t0 + 900ms);
+  CHECK(due <= t0 + 1100ms);
+  s.engine.on_timeout(due - 1ns, s.out);
+  CHECK(s.out.empty());
+  // Any frame sent postpones it: a PONG at 800 ms moves the next PING past 1.7 s.
+  s.feed(wire::ping{1, 1}, t0 + 800ms);
+  due = s.engine.next_timeout();
+  CHECK(due >= t0 + 800ms + 900ms);
+  s.out.clear();
+  s.engine.on_timeout(due, s.out);
+  REQUIRE(frames_in(s.out.ordered).size() == 1);
+  // Jitter: over many PINGs the waits spread over the whole ±10% range.
+  std::chrono::milliseconds lowest = 10s, highest = 0s;
+  auto now = due;
+  for (int i = 0; i < 200; ++i) {
+    const auto next = s.engine.next_timeout();
+    if (next >= now + 3s) break;
+    const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next - now);
+    lowest = std::min(lowest, wait);
+    highest = std::max(highest, wait);
+    now = next;
+    s.feed(wire::pong{1, 0}, now);  // keeps the peer alive
+    s.engine.on_timeout(now, s.out);
+  }
+  CHECK(lowest >= 900ms);
+  CHECK(highest <= 1100ms);
+  CHECK(highest - lowest >= 150ms);
+}
+
+TEST_CASE("engine: the fifth PING strike gets ERROR too_many_pings, not a PONG") {
+  established_server s;
+  auto now = t0;
+  s.feed(wire::ping{1, 0}, now);  // the first is never a strike
+  for (std::uint64_t i = 2; i <= 5; ++i) {
+    now += 100ms;  // < I/2
+    s.feed(wire::ping{i, 0}, now);
+    CHECK_FALSE(s.engine.ended());
+  }
+  CHECK(frames_in(s.out.urgent).size() == 5);  // every PING up to the limit is answered
+  // A PING at I/2 or more resets the count.
+  now += 500ms;
+  s.feed(wire::ping{6, 0}, now);
+  for (std::uint64_t i = 7; i <= 10; ++i) {
+    now += 100ms;
+    s.feed(wire::ping{i, 0}, now);
+  }
+  CHECK_FALSE(s.engine.ended());
+  s.out.clear();
+  now += 100ms;
+  s.feed(wire::ping{11, 0}, now);
+  REQUIRE(s.engine.ended());
+  CHECK(s.out.urgent.empty());
+  CHECK(only_error(s.out).code == wire::error_code::too_many_pings);
+  CHECK(s.engine.end_mode() == close_mode::graceful);
+}
+
+TEST_CASE("engine: silence of dead_after ends the connection abortively, at that instant") {
+  established_server s;
+  s.feed(wire::ping{1, 0}, t0 + 700ms);
+  const auto dead_at = t0 + 700ms + 3s;
+  auto now = t0 + 700ms;
+  while (!s.engine.ended()) {
+    now = s.engine.next_timeout();
+    REQUIRE(now <= dead_at);
+    s.engine.on_timeout(now, s.out);
+  }
+  CHECK(now == dead_at);
+  CHECK(s.engine.end().cause == cause::heartbeat_timeout);
+  CHECK(s.engine.end().detected_by == detected_by::heartbeat);
+  CHECK(s.engine.end_mode() == close_mode::abortive);
+  CHECK(s.engine.end().last_heard_ns == to_monotonic_ns(t0 + 700ms));
+  CHECK(s.engine.next_timeout() == time_point::max());
+}
+
+TEST_CASE("engine: heartbeat off sends no PING and never times out, but answers PINGs") {
+  established_server s(1000, [](engine_config& c) { c.heartbeat = false; });
+  CHECK(s.engine.next_timeout() == time_point::max());
+  s.engine.on_timeout(t0 + 1h, s.out);
+  CHECK(s.out.empty());
+  CHECK_FALSE(s.engine.ended());
+  s.feed(wire::ping{1, 2}, t0 + 1h);
+  CHECK(frames_in(s.out.urgent).size() == 1);
+}
+
+TEST_CASE("engine: BYE, ERROR and EOF from the peer end the connection with their cause") {
+  {
+    established_server s;
+    s.feed(wire::bye{wire::bye_reason::superseded}, t0 + 1ms);
+    REQUIRE(s.engine.ended());
+    CHECK(s.engine.end().cause == cause::superseded);
+    CHECK(s.engine.end().bye == wire::bye_reason::superseded);
+    CHECK(s.engine.end_mode() == close_mode::graceful);
+    CHECK(s.out.empty());  // nothing is answered to a BYE
+  }
+  {
+    established_server s;
+    s.feed(wire::error{wire::error_code::server_full, "full"}, t0 + 1ms);
+    REQUIRE(s.engine.ended());
+    CHECK(s.engine.end().cause == cause::protocol_error);
+    CHECK(s.engine.end().protocol_error == wire::error_code::server_full);
+  }
+  {
+    established_server s;
+    s.engine.receive_eof(t0 + 5ms, s.events);
+    REQUIRE(s.engine.ended());
+    CHECK(s.engine.end().cause == cause::peer_closed);
+    CHECK(s.engine.end().detected_by == detected_by::eof);
+    CHECK(s.engine.end_mode() == close_mode::plain);
+  }
+  {
+    established_server s(1000, [](engine_config& c) { c.end_on_eof = false; });
+    s.engine.receive_eof(t0 + 5ms, s.events);
+    CHECK_FALSE(s.engine.ended());
+    CHECK(s.events.finished == 1);
+  }
+}
+
+TEST_CASE("engine: a local close sends BYE, then the engine ignores everything") {
+  established_server s;
+  s.engine.close(wire::bye_reason::going_away, cause::local_close, t0 + 1ms, s.out);
+  REQUIRE(s.engine.ended());
+  const auto frames = frames_in(s.out.ordered);
+  REQUIRE(frames.size() == 1);
+  CHECK(std::get<wire::bye>(frames[0]).reason == wire::bye_reason::going_away);
+  CHECK(s.engine.end_mode() == close_mode::graceful);
+  s.out.clear();
+  s.feed(wire::ping{1, 1}, t0 + 2ms);
+  s.engine.on_timeout(t0 + 1h, s.out);
+  CHECK(s.out.empty());
+  CHECK(s.engine.end().decided_ns == to_monotonic_ns(t0 + 1ms));
+}
+
+TEST_CASE("engine: a client holds DATA until WELCOME and uses the server's interval") {
+  auto config = client_config();
+  config.requested_interval = 200ms;
+  engine_output out;
+  recorder events;
+  protocol_engine c(config, t0, 0, 3, out);
+  out.clear();
+  c.send_data(std::vector<std::byte>(3, std::byte{9}), t0 + 1ms, out);
+  CHECK(out.empty());
+  c.receive(bytes_of(wire::welcome{.version = 1,
+                                   .interval_ms = 500,
+                                   .dead_after_ms = 1500,
+                                   .session_id = 77,
+                                   .max_frame = 65536,
+                                   .min_interval_ms = 500,
+                                   .max_interval_ms = 60000}),
+            t0 + 10ms, out, events);
+  REQUIRE(c.established());
+  REQUIRE(events.established.size() == 1);
+  CHECK(events.established[0].interval == 500ms);
+  CHECK(events.established[0].session_id == 77);
+  CHECK(std::holds_alternative<wire::data>(frames_in(out.ordered).at(0)));
+  CHECK(c.next_timeout() <= t0 + 10ms + 550ms);
+  CHECK(c.next_timeout() >= t0 + 10ms + 450ms);
+}
+
+TEST_CASE("engine: a client that gets anything but WELCOME first ends it") {
+  const auto config = client_config();
+  engine_output out;
+  recorder events;
+  protocol_engine c(config, t0, 0, 3, out);
+  out.clear();
+  c.receive(bytes_of(wire::ping{1, 1}), t0 + 1ms, out, events);
+  REQUIRE(c.ended());
+  CHECK(only_error(out).code == wire::error_code::unexpected_frame);
+}
+
+TEST_CASE("engine: a throwing observer ends the connection with internal_error") {
+  established_server s;
+  s.events.throw_on_data = true;
+  s.feed(wire::data{std::vector<std::byte>(4, std::byte{1})}, t0 + 1ms);
+  REQUIRE(s.engine.ended());
+  CHECK(only_error(s.out).code == wire::error_code::internal_error);
+}
+
+TEST_CASE("engine: a phi detector decides by its own dead_at") {
+  established_server s(1000, [](engine_config& c) { c.detector = phi_detector_config{}; });
+  auto now = t0;
+  for (int i = 0; i < 20; ++i) {
+    now += 1s;
+    s.feed(wire::ping{static_cast<std::uint64_t>(i + 1), 0}, now);
+  }
+  while (!s.engine.ended())
+    s.engine.on_timeout(now = s.engine.next_timeout(), s.out);
+  CHECK(s.engine.end().cause == cause::heartbeat_timeout);
+  // Akka's defaults: the acceptable pause of 3 s plus the mean and a few std devs.
+  CHECK(now - (t0 + 20s) > 3s);
+  CHECK(now - (t0 + 20s) < 10s);
+}
+
+TEST_CASE("engine: two engines wired together heartbeat for an hour without a verdict") {
+  const auto sc = server_config();
+  auto cc = client_config();
+  engine_output sout, cout;
+  recorder sev, cev;
+  protocol_engine server(sc, t0, 5, 11, sout);
+  protocol_engine client(cc, t0, 0, 13, cout);
+  auto now = t0;
+  const auto latency = 2ms;  // each direction
+  std::uint64_t frames_on_wire = 0;
+  // Deliver whatever each side produced, one direction at a time, `latency` later.
+  auto pump = [&] {
+    for (int round = 0; round < 4; ++round) {
+      if (!cout.empty()) {
+        std::vector<std::byte> b = cout.urgent;
+        b.insert(b.end(), cout.ordered.begin(), cout.ordered.end());
+        cout.clear();
+        frames_on_wire += frames_in(b).size();
+        server.receive(b, now + latency, sout, sev);
+      }
+      if (!sout.empty()) {
+        std::vector<std::byte> b = sout.urgent;
+        b.insert(b.end(), sout.ordered.begin(), sout.ordered.end());
+        sout.clear();
+        frames_on_wire += frames_in(b).size();
+        client.receive(b, now + latency, cout, cev);
+      }
+    }
+  };
+  pump();
+  REQUIRE(server.established());
+  REQUIRE(client.established());
+  const auto end = t0 + 1h;
+  while (now < end && !server.ended() && !client.ended()) {
+    now = std::min(server.next_timeout(), client.next_timeout());
+    server.on_timeout(now, sout);
+    client.on_timeout(now, cout);
+    pump();
+  }
+  CHECK_FALSE(server.ended());
+  CHECK_FALSE(client.ended());
+  // One PING and one PONG per interval, from whichever side's wait ran out first.
+  CHECK(frames_on_wire > 2 * 3600 * 9 / 10);
+  CHECK(frames_on_wire < 2 * 3600 * 12 / 10);
+  CHECK(sev.rtts.size() + cev.rtts.size() > 3000);
+  for (const auto rtt : cev.rtts)
+    CHECK((rtt > 0ns && rtt <= 2 * latency));
+}
