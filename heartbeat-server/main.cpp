@@ -12,6 +12,8 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/program_options.hpp>
 
+#include <sys/resource.h>
+
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -108,6 +110,12 @@ po::options_description describe_options() {
       ("auth-token-file", po::value<std::string>()->value_name("FILE"),
        "shared secret (first line of FILE) clients must send in HELLO; without it anyone "
        "may connect")  //
+      ("threads", po::value<unsigned>()->default_value(0)->value_name("N"),
+       "event loops, each a thread with its own listener (SO_REUSEPORT), timers and "
+       "connections; 0: one per core")  //
+      ("reuse-port", "let other heartbeat-server processes listen on the same port "
+                     "(SO_REUSEPORT), to hold more connections than one process's "
+                     "descriptor limit allows")  //
       ("verbose,v", "print one JSON line per connection end");
   return o;
 }
@@ -170,6 +178,8 @@ deadpeer::server_options build_options(const po::variables_map& vm) {
   o.end_on_eof = on_eof == "end";
   o.max_connections = vm["max-connections"].as<std::size_t>();
   o.max_per_ip = vm["max-per-ip"].as<std::size_t>();
+  o.threads = vm["threads"].as<unsigned>();
+  o.reuse_port = vm.count("reuse-port") != 0;
   if (vm.count("auth-token-file") != 0)
     o.auth_token = read_token_file(vm["auth-token-file"].as<std::string>());
   deadpeer::validate(o);
@@ -207,6 +217,11 @@ int main(int argc, char** argv) {
     if (verbose)
       server_options.on_event = [](const std::string& event) { std::cout << event << std::endl; };
 
+    // Every connection is a descriptor: take all the process may have.
+    if (rlimit limit{}; ::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+      limit.rlim_cur = limit.rlim_max;
+      ::setrlimit(RLIMIT_NOFILE, &limit);
+    }
     boost::asio::io_context io;
     deadpeer::server server(io, std::move(server_options));
     server.start();
@@ -214,6 +229,7 @@ int main(int argc, char** argv) {
     if (const auto control = server.control_endpoint())
       std::cout << ", control API on http://" << *control;
     std::cout << std::endl;
+    std::cout << "heartbeat-server: " << server.threads() << " event loop(s)" << std::endl;
 
     boost::asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](const boost::system::error_code& ec, int) {

@@ -15,6 +15,7 @@
 
 #include <filesystem>
 #include <map>
+#include <thread>
 
 using namespace std::chrono_literals;
 using deadpeer::test::http_get;
@@ -30,12 +31,21 @@ struct running_server {
   unsigned short port = 0;
   unsigned short control_port = 0;
 
-  running_server() {
+  // `prefix` runs the server under another program (prlimit); `extra` adds flags.
+  explicit running_server(std::vector<std::string> prefix = {},
+                          const std::vector<std::string>& extra = {}) {
     dir = fs::temp_directory_path() / ("deadpeer-e2e-" + std::to_string(::getpid()));
     fs::create_directories(dir);
-    process = std::make_unique<child_process>(std::vector<std::string>{
-        DEADPEER_SERVER_BINARY, "--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--db",
-        (dir / "e2e.db").string(), "--interval-default", "200ms", "--reap-interval", "100ms"});
+    auto argv = std::move(prefix);
+    for (const auto& a : {std::string(DEADPEER_SERVER_BINARY), std::string("--listen"),
+                          std::string("127.0.0.1:0"), std::string("--control"),
+                          std::string("127.0.0.1:0"), std::string("--db"),
+                          (dir / "e2e.db").string(), std::string("--interval-default"),
+                          std::string("200ms"), std::string("--reap-interval"),
+                          std::string("100ms")})
+      argv.push_back(a);
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    process = std::make_unique<child_process>(argv);
     const auto line = process->wait_for_line("listening on", 10s);
     REQUIRE(line.has_value());
     // "heartbeat-server listening on 127.0.0.1:P, control API on http://127.0.0.1:C"
@@ -164,4 +174,55 @@ TEST_CASE("end to end: crash, hang, half-close and takeover against heartbeat-se
   CHECK(rows.find("hang")->second == "heartbeat_timeout");
   CHECK(rows.find("half")->second == "peer_closed");
   CHECK(rows.count("twin") == 2);
+}
+
+TEST_CASE("end to end: at its descriptor limit the server answers newcomers and recovers") {
+  // 160 descriptors: the server keeps a reserve for its API and store and holds ~88.
+  running_server server({"prlimit", "--nofile=160:160", "--"},
+                        {"--threads", "2", "--max-per-ip", "100000", "--max-connections",
+                         "100000"});
+  const auto hello = [](int i) {
+    return deadpeer::wire::hello{.version = 1,
+                                 .client_id = "fd-" + std::to_string(i),
+                                 .requested_interval_ms = 30000,
+                                 .auth_token = ""};
+  };
+  std::vector<std::unique_ptr<deadpeer::test::raw_peer>> welcomed;
+  int refused = 0;
+  for (int i = 0; i < 140; ++i) {
+    auto peer = std::make_unique<deadpeer::test::raw_peer>(server.port);
+    peer->send_frame(hello(i));
+    const auto r = peer->read_frame();
+    REQUIRE(r.frames.size() == 1);
+    if (std::holds_alternative<deadpeer::wire::welcome>(r.frames[0])) {
+      welcomed.push_back(std::move(peer));
+    } else {
+      CHECK(std::get<deadpeer::wire::error>(r.frames[0]).code ==
+            deadpeer::wire::error_code::server_full);
+      CHECK(peer->read_to_end().eof);  // answered and closed with FIN, never left hanging
+      ++refused;
+    }
+  }
+  INFO(welcomed.size() << " welcomed, " << refused << " refused");
+  CHECK(welcomed.size() >= 60);
+  CHECK(refused >= 20);
+  CHECK(welcomed.size() + static_cast<std::size_t>(refused) == 140);
+  // The control API still answers at the limit.
+  auto status = server.status();
+  CHECK(status.at("live").as_int64() == static_cast<std::int64_t>(welcomed.size()));
+  CHECK(status.at("rejected").at("server_full").as_int64() == refused);
+
+  // Connections leave: the server takes newcomers again by itself.
+  const auto held = welcomed.size();
+  for (int i = 0; i < 10; ++i)
+    welcomed.pop_back();
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (server.status().at("live").as_int64() != static_cast<std::int64_t>(held - 10) &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(10ms);
+  deadpeer::test::raw_peer again(server.port);
+  again.send_frame(hello(1000));
+  const auto r = again.read_frame();
+  REQUIRE(r.frames.size() == 1);
+  CHECK(std::holds_alternative<deadpeer::wire::welcome>(r.frames[0]));
 }

@@ -354,11 +354,26 @@ TEST_CASE("server: --max-connections refuses newcomers with ERROR server_full") 
   a.handshake("a", 100ms);
   b.handshake("b", 100ms);
   raw_peer c(f.port());
+  c.send_frame(wire::hello{.version = 1, .client_id = "c", .requested_interval_ms = 100,
+                           .auth_token = ""});
   const auto r = c.read_to_end();
   REQUIRE(r.frames.size() == 1);
   CHECK(std::get<wire::error>(r.frames[0]).code == wire::error_code::server_full);
   CHECK(r.eof);  // a graceful close, not a silent drop or a reset
   CHECK(f.status().at("rejected").at("server_full").as_int64() == 1);
+
+  // Full or not, a HELLO is validated in the order of protocol.md §5 first.
+  raw_peer d(f.port());
+  d.send_frame(wire::hello{.version = 9, .client_id = "d", .requested_interval_ms = 100,
+                           .auth_token = ""});
+  const auto old_version = d.read_to_end();
+  REQUIRE(old_version.frames.size() == 1);
+  CHECK(std::get<wire::error>(old_version.frames[0]).code ==
+        wire::error_code::unsupported_version);
+  // A takeover replaces a connection and is admitted even when the server is full.
+  raw_peer a_again(f.port());
+  a_again.handshake("a", 100ms);
+  CHECK(f.status().at("superseded").as_int64() == 1);
 }
 
 TEST_CASE("server: with an auth token, only clients that prove it get in or take over") {

@@ -1,5 +1,7 @@
 #include "metrics.hpp"
 
+#include <stdexcept>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -20,6 +22,14 @@ std::string number(double v) {
 histogram::histogram(std::vector<double> upper_bounds)
     : bounds_(std::move(upper_bounds)), counts_(bounds_.size() + 1, 0) {
   std::sort(bounds_.begin(), bounds_.end());
+}
+
+void histogram::merge(const histogram& other) {
+  if (other.bounds_ != bounds_) throw std::invalid_argument("histogram::merge: different bounds");
+  for (std::size_t i = 0; i < counts_.size(); ++i)
+    counts_[i] += other.counts_[i];
+  sum_ += other.sum_;
+  count_ += other.count_;
 }
 
 void histogram::observe(double value) {

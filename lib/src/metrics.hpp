@@ -17,6 +17,8 @@ class histogram {
  public:
   explicit histogram(std::vector<double> upper_bounds);
   void observe(double value);
+  /// Adds another histogram's observations; its bounds must be the same.
+  void merge(const histogram& other);
   /// Appends the family (HELP, TYPE, buckets, _sum, _count).
   void write(std::string& out, std::string_view name, std::string_view help) const;
 

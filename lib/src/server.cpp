@@ -1,31 +1,39 @@
-// Server wiring: accept, admit (limits, auth, takeover), record, reap, report. The
-// decisions of each piece are in server.hpp; this file keeps them in one place so the
-// registry's invariants are visible: a connection is in `connections` from accept until
-// its session's on_end, in `by_client` while it is the live session for its id, and in
-// the deadline ring for exactly as long as it is in `connections`.
+// Server wiring: the state the event loops share (registry of client ids, limits,
+// counters, connection-end events, the store), the loops' threads, and the control API's
+// view of them. server.hpp says what is decided; server_loop.hpp how a loop runs. The
+// registry's invariant: a client id maps to the connection that was admitted last with
+// it, for as long as that connection lives; `admitted` and `per_ip` count exactly the
+// admitted connections that have not been released.
 #include <deadpeer/server.hpp>
 
 #include <deadpeer/clock.hpp>
 #include <deadpeer/config_error.hpp>
-#include <deadpeer/deadline_ring.hpp>
 #include <deadpeer/duration.hpp>
-#include <deadpeer/session.hpp>
 #include <deadpeer/store.hpp>
-#include <deadpeer/tcp_info.hpp>
 
 #include "metrics.hpp"
+#include "server_loop.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json.hpp>
 
 #include <algorithm>
 #include <deque>
+#include <future>
 #include <iostream>
 #include <map>
+#include <mutex>
+#include <thread>
 #include <unordered_map>
+
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 namespace deadpeer {
 namespace {
@@ -35,17 +43,8 @@ namespace json = boost::json;
 using tcp = asio::ip::tcp;
 using std::chrono::milliseconds;
 using std::chrono::steady_clock;
-
-std::int64_t unix_ms_now() {
-  return std::chrono::duration_cast<milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-std::string to_string(const tcp::endpoint& e) {
-  return e.address().is_v6() ? "[" + e.address().to_string() + "]:" + std::to_string(e.port())
-                             : e.address().to_string() + ":" + std::to_string(e.port());
-}
+using detail::connection_ref;
+using detail::server_loop;
 
 // Constant-time comparison: the time to reject a token must not reveal its prefix.
 bool same_secret(std::string_view a, std::string_view b) {
@@ -55,20 +54,53 @@ bool same_secret(std::string_view a, std::string_view b) {
   return difference == 0;
 }
 
-// Only operating-system errors have an errno; asio's eof (a FIN) is not an error number.
-bool is_errno(const std::error_code& ec) {
-  return ec &&
-         (ec.category() == std::system_category() || ec.category() == std::generic_category());
-}
-
-std::string errno_name(const std::error_code& ec) {
-  if (!is_errno(ec)) return {};
-  const auto name = linux_errno_name(ec.value());
-  return name.empty() ? ec.message() : std::string(name);
-}
-
 double ms(std::int64_t ns) {
   return static_cast<double>(ns) / 1e6;
+}
+
+std::string to_string(const tcp::endpoint& e) {
+  return e.address().is_v6() ? "[" + e.address().to_string() + "]:" + std::to_string(e.port())
+                             : e.address().to_string() + ":" + std::to_string(e.port());
+}
+
+// A non-blocking listening socket; the loops of one server share the port (SO_REUSEPORT).
+int open_listener(const tcp::endpoint& at, bool reuse_port) {
+  const int fd = ::socket(at.protocol().family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  auto fail = [&](const char* what) {
+    const auto error = errno;
+    if (fd >= 0) ::close(fd);
+    throw boost::system::system_error(
+        boost::system::error_code(error, boost::system::system_category()),
+        std::string(what) + " " + to_string(at));
+  };
+  if (fd < 0) fail("cannot open a socket for");
+  const int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (reuse_port && ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0)
+    fail("cannot share the port (SO_REUSEPORT) of");
+  if (::bind(fd, at.data(), static_cast<socklen_t>(at.size())) != 0) fail("cannot listen on");
+  if (::listen(fd, SOMAXCONN) != 0) fail("cannot listen on");
+  return fd;
+}
+
+tcp::endpoint bound_endpoint(int fd) {
+  tcp::endpoint e;
+  socklen_t length = static_cast<socklen_t>(e.capacity());
+  ::getsockname(fd, e.data(), &length);
+  e.resize(length);
+  return e;
+}
+
+// Descriptors kept back from the loops for the control API, the store, logs and the
+// process's own files.
+constexpr std::size_t descriptor_reserve = 64;
+
+std::size_t descriptor_budget(unsigned loops) {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY)
+    return 1'000'000;
+  const auto reserve = descriptor_reserve + 4 * static_cast<std::size_t>(loops);
+  return limit.rlim_cur > reserve ? static_cast<std::size_t>(limit.rlim_cur) - reserve : 1;
 }
 
 }  // namespace
@@ -89,6 +121,9 @@ void validate(const server_options& o) {
                        " is below the minimum of 10ms");
   if (o.max_connections == 0) throw config_error("max connections must be at least 1");
   if (o.max_per_ip == 0) throw config_error("max connections per IP must be at least 1");
+  if (o.threads > 1024) throw config_error("threads must be at most 1024");
+  if (o.close_drain_time < milliseconds(0))
+    throw config_error("close drain time must not be negative");
   if (o.auth_token.size() > wire::max_auth_token)
     throw config_error("auth token is longer than 255 bytes");
   (void)make_detector(o.detector, steady_clock::now());  // throws config_error if invalid
@@ -106,70 +141,76 @@ void validate(const server_options& o) {
   }
 }
 
-struct server::impl : control_source, std::enable_shared_from_this<server::impl> {
-  struct connection {
-    std::shared_ptr<session> s;
-    int fd = -1;
-    tcp::endpoint peer;
-    std::string client_id;
-    bool established = false;
-    bool handshake_expired = false;  // the reaper has rejected it; a late HELLO is refused
-    std::int64_t opened_ns = 0;
-    std::int64_t opened_unix_ms = 0;
-    std::int64_t last_heard_ns = 0;
-    milliseconds interval{0};
-    milliseconds dead_after{0};
-    std::uint64_t rtt_samples = 0;
-    double rtt_min_ms = 0, rtt_max_ms = 0, rtt_sum_ms = 0, rtt_last_ms = 0;
-  };
-
+struct server::impl : control_source, detail::loop_host, std::enable_shared_from_this<server::impl> {
   asio::io_context& io;
   server_options options;
-  tcp::acceptor acceptor;
+  engine_config engine;
+  detail::loop_settings settings;
   std::unique_ptr<event_store> store;
   std::unique_ptr<control_api> api;
-  asio::steady_timer reap_timer;
-  deadline_ring ring;
-  std::string keepalive_spec;
-  std::string detector_description;
-  std::string listen_text;  // cached: the acceptor is closed while stopping
+  std::string listen_text;
+  tcp::endpoint listen_endpoint;
+  std::vector<std::unique_ptr<server_loop>> loops;
+  std::vector<std::thread> threads;
+  std::atomic<std::size_t> held{0};
+  std::atomic<std::size_t> loops_running{0};
+  std::atomic<std::uint64_t> session_ids{1};
+  std::atomic<bool> stopping{false};
 
-  std::uint64_t next_id = 1;
-  std::unordered_map<std::uint64_t, connection> connections;
-  std::unordered_map<std::string, std::uint64_t> by_client;
+  // Admission: the registry of client ids and the limits.
+  std::mutex registry_mutex;
+  std::unordered_map<std::string, connection_ref> by_client;
   std::unordered_map<asio::ip::address, std::size_t> per_ip;
-  bool stopping = false;
+  std::size_t admitted = 0;
 
-  // Counters and histograms for /status and /metrics.
-  std::uint64_t accepted = 0;
-  std::map<std::string, std::uint64_t> rejected;                      // reason -> count
-  std::map<std::string, std::uint64_t> reaped;                        // reason -> count
+  // Counters, events and histograms for /status, /events and /metrics.
+  std::mutex stats_mutex;
+  std::map<std::string, std::uint64_t, std::less<>> counters;  // "accepted", "rejected:x", ...
   std::map<std::pair<std::string, std::string>, std::uint64_t> ends;  // (cause, detected_by)
-  std::uint64_t superseded = 0;
   metrics::histogram detection_latency{
       {0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900}};
-  metrics::histogram rtt_histogram{
-      {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}};
-  std::int64_t started_ns = monotonic_ns();
-
   std::deque<control_event> events;
   std::uint64_t next_event_id = 1;
   std::vector<std::function<void()>> event_waiters;
+  std::int64_t started_ns = monotonic_ns();
 
-  impl(asio::io_context& context, server_options o)
-      : io(context),
-        options(std::move(o)),
-        acceptor(context, options.listen),
-        reap_timer(context),
-        ring(options.reap_interval, 4096, steady_clock::now()) {
-    listen_text = to_string(acceptor.local_endpoint());
+  impl(asio::io_context& context, server_options o) : io(context), options(std::move(o)) {
+    engine.role = session_role::server;
+    engine.heartbeat = options.heartbeat;
+    engine.detector = options.detector;
+    engine.handshake_timeout = options.handshake_timeout;
+    engine.end_on_eof = options.end_on_eof;
+    engine.min_interval = options.min_interval;
+    engine.max_interval = options.max_interval;
+    engine.default_interval = options.default_interval;
+    validate(engine);
+
+    const unsigned count =
+        options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
     const auto defaults = read_kernel_defaults();
-    keepalive_spec = options.keepalive
-                         ? deadpeer::to_string(to_options(resolve(*options.keepalive, defaults)))
-                         : "system default";
-    detector_description = options.heartbeat
-                               ? make_detector(options.detector, steady_clock::now())->describe()
-                               : "off";
+    settings.options = &options;
+    settings.engine = &engine;
+    settings.keepalive_spec = options.keepalive ? deadpeer::to_string(to_options(
+                                                      resolve(*options.keepalive, defaults)))
+                                                : "system default";
+    settings.detector_description =
+        options.heartbeat ? make_detector(options.detector, steady_clock::now())->describe()
+                          : "off";
+    settings.descriptor_budget = descriptor_budget(count);
+    settings.held = &held;
+
+    // The first listener picks the port (it may be 0); the others join it.
+    auto at = options.listen;
+    const bool share = count > 1 || options.reuse_port;
+    for (unsigned i = 0; i < count; ++i) {
+      const int fd = open_listener(at, share);
+      if (i == 0) {
+        listen_endpoint = bound_endpoint(fd);
+        at = listen_endpoint;
+      }
+      loops.push_back(std::make_unique<server_loop>(*this, settings, i, fd));
+    }
+    listen_text = to_string(listen_endpoint);
     if (!options.db_path.empty())
       store = std::make_unique<event_store>(event_store::options{.path = options.db_path});
     if (options.control)
@@ -178,298 +219,189 @@ struct server::impl : control_source, std::enable_shared_from_this<server::impl>
 
   void start() {
     if (api) api->start();
-    asio::co_spawn(io, accept_loop(shared_from_this()), report_exception);
-    asio::co_spawn(io, reap_loop(shared_from_this()), report_exception);
+    loops_running = loops.size();
+    for (auto& loop : loops)
+      threads.emplace_back([this, l = loop.get()] {
+        try {
+          l->run();
+        } catch (const std::exception& e) {
+          std::cerr << "deadpeer server: event loop failed: " << e.what() << std::endl;
+        }
+        --loops_running;
+      });
   }
 
-  static void report_exception(const std::exception_ptr& e) {
-    if (!e) return;
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& x) {
-      std::cerr << "deadpeer server: unexpected exception: " << x.what() << std::endl;
+  void join() {
+    for (auto& t : threads)
+      if (t.joinable()) t.join();
+    threads.clear();
+  }
+
+  // Runs `fn` on every loop and collects the answers; a loop that has finished answers
+  // nothing. Called from the control API's thread, never from a loop.
+  template <typename T, typename F>
+  std::vector<T> gather(F fn) {
+    std::vector<std::future<T>> answers;
+    for (auto& loop : loops) {
+      auto promise = std::make_shared<std::promise<T>>();
+      answers.push_back(promise->get_future());
+      if (!loop->post([promise, fn](server_loop& l) { promise->set_value(fn(l)); }))
+        answers.pop_back();
     }
+    std::vector<T> out;
+    for (auto& answer : answers)
+      if (answer.wait_for(std::chrono::seconds(5)) == std::future_status::ready)
+        out.push_back(answer.get());
+    return out;
   }
 
-  // `self` keeps the server state alive while the loop runs.
-  asio::awaitable<void> accept_loop([[maybe_unused]] std::shared_ptr<impl> self) {
-    while (!stopping) {
-      tcp::endpoint peer;
-      auto [ec, socket] = co_await acceptor.async_accept(peer, asio::as_tuple(asio::use_awaitable));
-      if (stopping || ec == asio::error::operation_aborted) co_return;
-      if (ec) {
-        // EMFILE and friends: the connections we hold keep being served; try again
-        // after a pause instead of spinning on a full descriptor table.
-        std::cerr << "deadpeer server: accept: " << ec.message() << std::endl;
-        asio::steady_timer pause(io, milliseconds(100));
-        co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
-        continue;
-      }
-      admit_socket(std::move(socket), peer);
-    }
-  }
-
-  session_config session_settings(std::uint64_t id) const {
-    session_config c;
-    c.role = session_role::server;
-    c.keepalive = options.keepalive;
-    c.heartbeat = options.heartbeat;
-    c.detector = options.detector;
-    c.handshake_timeout = std::chrono::milliseconds(0);  // the reaper owns this deadline
-    c.end_on_eof = options.end_on_eof;
-    c.min_interval = options.min_interval;
-    c.max_interval = options.max_interval;
-    c.default_interval = options.default_interval;
-    c.session_id = id;
-    return c;
-  }
-
-  void admit_socket(tcp::socket socket, const tcp::endpoint& peer) {
-    ++accepted;
-    const std::uint64_t id = next_id++;
-    std::string refusal;
-    if (connections.size() >= options.max_connections)
-      refusal = "server_full";
-    else if (per_ip[peer.address()] >= options.max_per_ip)
-      refusal = "per_ip_limit";
-    if (!refusal.empty()) {
-      // Not a silent drop: the newcomer reads ERROR server_full, then EOF.
-      ++rejected[refusal];
-      auto s = session::start(std::move(socket), session_settings(id), {});
-      s->reject(wire::error_code::server_full,
-                refusal == "server_full" ? "connection limit reached"
-                                         : "too many connections from your address",
-                cause::local_close);
-      return;
-    }
-    ++per_ip[peer.address()];
-    connection c;
-    c.fd = socket.native_handle();
-    c.peer = peer;
-    c.opened_ns = monotonic_ns();
-    c.opened_unix_ms = unix_ms_now();
-    c.last_heard_ns = c.opened_ns;
-    ring.schedule(id, steady_clock::now() + options.handshake_timeout);
-    connections.emplace(id, std::move(c));
-    // start() may run the session to its end at once (and erase the entry) before it
-    // returns, so look the entry up again instead of holding a reference across it.
-    auto s = session::start(std::move(socket), session_settings(id), handlers(id));
-    if (const auto it = connections.find(id); it != connections.end()) it->second.s = std::move(s);
-  }
-
-  session_handlers handlers(std::uint64_t id) {
-    std::weak_ptr<impl> weak = shared_from_this();
-    session_handlers h;
-    h.admit = [weak, id](const wire::hello& hello) -> std::optional<wire::error> {
-      if (auto self = weak.lock()) return self->on_hello(id, hello);
-      return wire::error{wire::error_code::internal_error, "server stopped"};
-    };
-    h.on_established = [weak, id](const session_established& e) {
-      if (auto self = weak.lock()) self->on_established(id, e);
-    };
-    h.on_heard = [weak, id](std::int64_t heard_ns) {
-      if (auto self = weak.lock()) self->on_heard(id, heard_ns);
-    };
-    h.on_peer_finished = [weak, id] {
-      // A half-closed peer: let the next sweep look at it.
-      if (auto self = weak.lock()) self->ring.schedule(id, steady_clock::now());
-    };
-    h.on_rtt = [weak, id](std::chrono::nanoseconds rtt) {
-      if (auto self = weak.lock()) self->on_rtt(id, rtt);
-    };
-    h.on_end = [weak, id](const session_end& end) {
-      if (auto self = weak.lock()) self->on_end(id, end);
-    };
-    return h;
-  }
-
-  std::optional<wire::error> on_hello(std::uint64_t id, const wire::hello& hello) {
+  // loop_host
+  std::optional<wire::error> admit(const wire::hello& hello, const tcp::endpoint& peer,
+                                   connection_ref self,
+                                   std::optional<connection_ref>& superseded) override {
     if (stopping) return wire::error{wire::error_code::server_full, "server is shutting down"};
-    if (connections.at(id).handshake_expired)
-      return wire::error{wire::error_code::handshake_timeout, "no HELLO in time"};
     if (!options.auth_token.empty() && !same_secret(hello.auth_token, options.auth_token)) {
-      ++rejected["auth_failed"];
+      count("rejected:auth_failed");
       return wire::error{wire::error_code::auth_failed, "wrong or missing auth token"};
     }
-    const auto live = by_client.find(hello.client_id);
-    if (live != by_client.end() && live->second != id) {
-      const auto old = connections.find(live->second);
-      if (old != connections.end()) {
-        ++superseded;
-        old->second.s->close(wire::bye_reason::superseded, cause::superseded);
+    {
+      std::lock_guard lock(registry_mutex);
+      const auto live = by_client.find(hello.client_id);
+      // A takeover replaces a connection rather than adding one.
+      const bool replaces = live != by_client.end();
+      if (!replaces && admitted >= options.max_connections) {
+        count("rejected:server_full");
+        return wire::error{wire::error_code::server_full, "connection limit reached"};
       }
+      auto& from_address = per_ip[peer.address()];
+      if (from_address >= options.max_per_ip) {
+        if (from_address == 0) per_ip.erase(peer.address());
+        count("rejected:per_ip_limit");
+        return wire::error{wire::error_code::server_full, "too many connections from your address"};
+      }
+      ++from_address;
+      ++admitted;
+      if (replaces) {
+        superseded = live->second;
+        count("superseded");
+      }
+      by_client[hello.client_id] = self;
     }
-    by_client[hello.client_id] = id;
-    connections.at(id).client_id = hello.client_id;
     return std::nullopt;
   }
 
-  milliseconds silence_allowance(const connection& c) const {
-    return options.heartbeat ? c.dead_after + options.reap_interval : options.reap_interval;
+  void supersede(connection_ref old) override {
+    loops[old.loop]->post([old](server_loop& l) { l.supersede(old); });
   }
 
-  void on_established(std::uint64_t id, const session_established& e) {
-    auto& c = connections.at(id);
-    c.established = true;
-    c.interval = e.interval;
-    c.dead_after = e.dead_after;
-    ring.schedule(id, steady_clock::now() + silence_allowance(c));
+  void release(const std::string& client_id, const tcp::endpoint& peer,
+               connection_ref self) override {
+    std::lock_guard lock(registry_mutex);
+    --admitted;
+    if (const auto it = per_ip.find(peer.address()); it != per_ip.end() && --it->second == 0)
+      per_ip.erase(it);
+    if (const auto it = by_client.find(client_id); it != by_client.end() && it->second == self)
+      by_client.erase(it);
   }
 
-  void on_heard(std::uint64_t id, std::int64_t heard_ns) {
-    auto& c = connections.at(id);
-    c.last_heard_ns = heard_ns;
-    if (c.established) ring.schedule(id, steady_clock::now() + silence_allowance(c));
+  void count(std::string_view what) override {
+    std::lock_guard lock(stats_mutex);
+    const auto it = counters.find(what);
+    if (it != counters.end())
+      ++it->second;
+    else
+      counters.emplace(std::string(what), 1);
   }
 
-  void on_rtt(std::uint64_t id, std::chrono::nanoseconds rtt) {
-    auto& c = connections.at(id);
-    const double value = static_cast<double>(rtt.count()) / 1e6;
-    c.rtt_min_ms = c.rtt_samples == 0 ? value : std::min(c.rtt_min_ms, value);
-    c.rtt_max_ms = std::max(c.rtt_max_ms, value);
-    c.rtt_sum_ms += value;
-    c.rtt_last_ms = value;
-    ++c.rtt_samples;
-    rtt_histogram.observe(value / 1000.0);
+  std::uint64_t counter(std::string_view what) {
+    const auto it = counters.find(what);
+    return it == counters.end() ? 0 : it->second;
   }
 
-  void on_end(std::uint64_t id, const session_end& end) {
-    const auto found = connections.find(id);
-    if (found == connections.end()) return;
-    const connection c = std::move(found->second);
-    connections.erase(found);
-    ring.cancel(id);
-    if (!c.client_id.empty()) {
-      const auto live = by_client.find(c.client_id);
-      if (live != by_client.end() && live->second == id) by_client.erase(live);
+  std::uint64_t next_session_id() override { return session_ids.fetch_add(1); }
+
+  void data(const std::string& client_id, std::span<const std::byte> payload) override {
+    if (options.on_data) options.on_data(client_id, payload);
+  }
+
+  void ended(connection_record r, const connection_end& end) override {
+    if (options.on_end) {
+      try {
+        options.on_end(end);
+      } catch (const std::exception& e) {
+        std::cerr << "deadpeer server: on_end callback failed: " << e.what() << std::endl;
+      }
     }
-    if (--per_ip[c.peer.address()] == 0) per_ip.erase(c.peer.address());
-
-    connection_record r;
-    r.session_id = id;
-    r.client_id = c.client_id;
-    r.peer_address = to_string(c.peer);
-    r.opened_mono_ns = end.opened_ns;
-    r.ended_mono_ns = end.decided_ns;
-    r.last_heard_mono_ns = end.last_heard_ns;
-    r.opened_unix_ms = c.opened_unix_ms;
-    r.ended_unix_ms = c.opened_unix_ms + (end.decided_ns - end.opened_ns) / 1'000'000;
-    r.cause = std::string(deadpeer::to_string(end.cause));
-    r.detected_by = std::string(deadpeer::to_string(end.detected_by));
-    r.error_number = is_errno(end.error) ? end.error.value() : 0;
-    r.error_name = errno_name(end.error);
-    r.protocol_error = end.protocol_error ? std::string(wire::to_string(*end.protocol_error)) : "";
-    r.close_mode = end.graceful ? "graceful" : end.abortive ? "abortive" : "plain";
-    r.rtt = {c.rtt_samples, c.rtt_min_ms,
-             c.rtt_samples ? c.rtt_sum_ms / static_cast<double>(c.rtt_samples) : 0.0, c.rtt_max_ms};
-    r.keepalive = keepalive_spec;
-    r.heartbeat_interval_ms = options.heartbeat ? c.interval.count() : 0;
-    r.dead_after_ms = c.dead_after.count();
-    r.detector = detector_description;
-    r.frames_received = end.frames_received;
-    r.frames_sent = end.frames_sent;
-
-    ++ends[{r.cause, r.detected_by}];
-    detection_latency.observe(static_cast<double>(end.decided_ns - end.last_heard_ns) / 1e9);
-    append_event(r, end);
+    json::object e;
+    std::vector<std::function<void()>> waiters;
+    {
+      std::lock_guard lock(stats_mutex);
+      ++ends[{r.cause, r.detected_by}];
+      detection_latency.observe(static_cast<double>(end.end.decided_ns - end.end.last_heard_ns) /
+                                1e9);
+      e["id"] = next_event_id;
+      e["session_id"] = r.session_id;
+      e["client_id"] = r.client_id;
+      e["peer"] = r.peer_address;
+      e["cause"] = r.cause;
+      e["detected_by"] = r.detected_by;
+      e["errno"] = r.error_number;
+      e["error"] = r.error_name;
+      e["protocol_error"] = r.protocol_error;
+      e["close_mode"] = r.close_mode;
+      e["opened_mono_ns"] = r.opened_mono_ns;
+      e["decided_mono_ns"] = end.end.decided_ns;
+      e["last_heard_mono_ns"] = end.end.last_heard_ns;
+      e["silence_ms"] = ms(end.end.decided_ns - end.end.last_heard_ns);
+      e["ended_unix_ms"] = r.ended_unix_ms;
+      events.push_back({next_event_id++, json::serialize(e)});
+      if (options.on_event)
+        asio::post(io, [self = shared_from_this(), text = events.back().json] {
+          self->options.on_event(text);
+        });
+      while (events.size() > options.event_history)
+        events.pop_front();
+      waiters.swap(event_waiters);
+    }
+    for (auto& notify : waiters)
+      asio::post(io, std::move(notify));
     if (store) store->record(std::move(r));
   }
 
-  void append_event(const connection_record& r, const session_end& end) {
-    json::object e;
-    e["id"] = next_event_id;
-    e["session_id"] = r.session_id;
-    e["client_id"] = r.client_id;
-    e["peer"] = r.peer_address;
-    e["cause"] = r.cause;
-    e["detected_by"] = r.detected_by;
-    e["errno"] = r.error_number;
-    e["error"] = r.error_name;
-    e["protocol_error"] = r.protocol_error;
-    e["close_mode"] = r.close_mode;
-    e["opened_mono_ns"] = r.opened_mono_ns;
-    e["decided_mono_ns"] = end.decided_ns;
-    e["last_heard_mono_ns"] = end.last_heard_ns;
-    e["silence_ms"] = ms(end.decided_ns - end.last_heard_ns);
-    e["ended_unix_ms"] = r.ended_unix_ms;
-    events.push_back({next_event_id++, json::serialize(e)});
-    if (options.on_event) options.on_event(events.back().json);
-    while (events.size() > options.event_history)
-      events.pop_front();
-    auto waiters = std::move(event_waiters);
-    event_waiters.clear();
-    for (auto& notify : waiters)
-      notify();
-  }
-
-  asio::awaitable<void> reap_loop([[maybe_unused]] std::shared_ptr<impl> self) {
-    while (!stopping) {
-      reap_timer.expires_after(options.reap_interval);
-      (void)co_await reap_timer.async_wait(asio::as_tuple(asio::use_awaitable));
-      if (stopping) co_return;
-      sweep();
-    }
-  }
-
-  void sweep() {
-    const auto now = steady_clock::now();
-    for (const auto id : ring.expire(now)) {
-      const auto found = connections.find(id);
-      if (found == connections.end()) continue;
-      auto& c = found->second;
-      if (!c.established) {
-        ++reaped["handshake"];
-        c.handshake_expired = true;
-        c.s->reject(wire::error_code::handshake_timeout, "no HELLO in time",
-                    cause::handshake_timeout, detected_by::reaper);
-        continue;
-      }
-      std::error_code ec;
-      const auto kernel = read_tcp_info(c.fd, ec);
-      if (kernel && kernel->state == "CLOSE_WAIT") {
-        ++reaped["close_wait"];
-        c.s->abort(cause::reaped, detected_by::reaper);
-        continue;
-      }
-      const auto silence = milliseconds((monotonic_ns() - c.last_heard_ns) / 1'000'000);
-      if (options.heartbeat && silence >= c.dead_after + options.reap_interval) {
-        ++reaped["silent"];
-        c.s->abort(cause::reaped, detected_by::reaper);
-        continue;
-      }
-      // Quiet but legitimate (heartbeats off, or data still arriving): check again later.
-      ring.schedule(id, now + options.reap_interval);
-    }
-  }
-
-  // control_source
+  // control_source (on the io_context's thread)
   std::string status_json() override {
     json::object o;
     o["listen"] = listen_text;
+    o["threads"] = loops.size();
     o["uptime_ms"] = ms(monotonic_ns() - started_ns);
-    o["live"] = connections.size();
+    o["live"] = held.load();
     std::size_t established = 0;
-    for (const auto& [id, c] : connections)
-      established += c.established ? 1 : 0;
+    for (const auto n : gather<std::size_t>([](server_loop& l) { return l.established(); }))
+      established += n;
     o["established"] = established;
-    o["accepted"] = accepted;
-    o["superseded"] = superseded;
-    json::object by_cause, by_detector, reaped_json, rejected_json;
-    for (const auto& [key, n] : ends) {
-      by_cause[key.first] = by_cause[key.first].is_null() ? n : by_cause[key.first].as_uint64() + n;
-      by_detector[key.second] =
-          by_detector[key.second].is_null() ? n : by_detector[key.second].as_uint64() + n;
+    o["descriptor_budget"] = settings.descriptor_budget;
+    {
+      std::lock_guard lock(stats_mutex);
+      o["accepted"] = counter("accepted");
+      o["superseded"] = counter("superseded");
+      json::object by_cause, by_detector, reaped_json, rejected_json;
+      for (const auto& [key, n] : ends) {
+        by_cause[key.first] =
+            by_cause[key.first].is_null() ? n : by_cause[key.first].as_uint64() + n;
+        by_detector[key.second] =
+            by_detector[key.second].is_null() ? n : by_detector[key.second].as_uint64() + n;
+      }
+      for (const auto& [name, n] : counters) {
+        if (name.starts_with("reaped:")) reaped_json[name.substr(7)] = n;
+        if (name.starts_with("rejected:")) rejected_json[name.substr(9)] = n;
+      }
+      o["ended_by_cause"] = std::move(by_cause);
+      o["ended_by_detected_by"] = std::move(by_detector);
+      o["reaped"] = std::move(reaped_json);
+      o["rejected"] = std::move(rejected_json);
     }
-    for (const auto& [reason, n] : reaped)
-      reaped_json[reason] = n;
-    for (const auto& [reason, n] : rejected)
-      rejected_json[reason] = n;
-    o["ended_by_cause"] = std::move(by_cause);
-    o["ended_by_detected_by"] = std::move(by_detector);
-    o["reaped"] = std::move(reaped_json);
-    o["rejected"] = std::move(rejected_json);
-    o["keepalive"] = keepalive_spec;
-    o["detector"] = detector_description;
+    o["keepalive"] = settings.keepalive_spec;
+    o["detector"] = settings.detector_description;
     if (store) {
       json::object s;
       s["path"] = store->path();
@@ -482,53 +414,24 @@ struct server::impl : control_source, std::enable_shared_from_this<server::impl>
   }
 
   std::string connections_json() override {
-    json::array list;
-    const auto now = monotonic_ns();
-    for (const auto& [id, c] : connections) {
-      json::object o;
-      o["session_id"] = id;
-      o["client_id"] = c.client_id;
-      o["peer"] = to_string(c.peer);
-      o["state"] = c.established ? "established" : "handshaking";
-      o["age_ms"] = ms(now - c.opened_ns);
-      o["last_heard_ms_ago"] = ms(now - c.last_heard_ns);
-      o["interval_ms"] = c.interval.count();
-      o["dead_after_ms"] = c.dead_after.count();
-      json::object rtt;
-      rtt["samples"] = c.rtt_samples;
-      rtt["min_ms"] = c.rtt_min_ms;
-      rtt["mean_ms"] = c.rtt_samples ? c.rtt_sum_ms / static_cast<double>(c.rtt_samples) : 0.0;
-      rtt["max_ms"] = c.rtt_max_ms;
-      rtt["last_ms"] = c.rtt_last_ms;
-      o["rtt"] = std::move(rtt);
-      std::error_code ec;
-      if (const auto k = read_tcp_info(c.fd, ec)) {
-        json::object kernel;
-        kernel["state"] = k->state;
-        kernel["rtt_us"] = k->rtt_us;
-        kernel["rto_us"] = k->rto_us;
-        kernel["unacked"] = k->unacked;
-        kernel["retransmits"] = k->retransmits;
-        kernel["probes"] = k->probes;
-        kernel["backoff"] = k->backoff;
-        kernel["last_data_recv_ms"] = k->last_data_recv_ms;
-        o["kernel"] = std::move(kernel);
-      }
-      list.push_back(std::move(o));
-    }
-    return json::serialize(list);
+    json::array all;
+    for (auto& part : gather<json::array>([](server_loop& l) { return l.connections_json(); }))
+      for (auto& c : part)
+        all.push_back(std::move(c));
+    return json::serialize(all);
   }
 
   std::string metrics_text() override {
     std::string out;
     metrics::write_header(out, "deadpeer_live_connections", "gauge",
-                          "Connections currently held, handshaking or established.");
-    metrics::write_sample(out, "deadpeer_live_connections", "",
-                          static_cast<double>(connections.size()));
+                          "Connections currently held, handshaking, established or closing.");
+    metrics::write_sample(out, "deadpeer_live_connections", "", static_cast<double>(held.load()));
+    auto rtt = gather<metrics::histogram>([](server_loop& l) { return l.rtt_histogram(); });
+    std::lock_guard lock(stats_mutex);
     metrics::write_header(out, "deadpeer_accepted_connections_total", "counter",
                           "Connections accepted.");
     metrics::write_sample(out, "deadpeer_accepted_connections_total", "",
-                          static_cast<double>(accepted));
+                          static_cast<double>(counter("accepted")));
     metrics::write_header(out, "deadpeer_detections_total", "counter",
                           "Connection ends by cause and by the mechanism that noticed.");
     for (const auto& [key, n] : ends)
@@ -536,27 +439,35 @@ struct server::impl : control_source, std::enable_shared_from_this<server::impl>
                             "cause=\"" + metrics::escape_label(key.first) + "\",detected_by=\"" +
                                 metrics::escape_label(key.second) + "\"",
                             static_cast<double>(n));
-    metrics::write_header(out, "deadpeer_reaped_total", "counter",
-                          "Connections ended by the reaper, by reason.");
-    for (const auto& [reason, n] : reaped)
-      metrics::write_sample(out, "deadpeer_reaped_total",
-                            "reason=\"" + metrics::escape_label(reason) + "\"",
-                            static_cast<double>(n));
-    metrics::write_header(out, "deadpeer_rejected_total", "counter",
-                          "Connections refused, by reason.");
-    for (const auto& [reason, n] : rejected)
-      metrics::write_sample(out, "deadpeer_rejected_total",
-                            "reason=\"" + metrics::escape_label(reason) + "\"",
-                            static_cast<double>(n));
+    for (const auto& [family, prefix, help] :
+         {std::tuple{"deadpeer_reaped_total", "reaped:", "Connections ended by the reaper, by reason."},
+          std::tuple{"deadpeer_rejected_total", "rejected:", "Connections refused, by reason."}}) {
+      metrics::write_header(out, family, "counter", help);
+      for (const auto& [name, n] : counters)
+        if (name.starts_with(prefix))
+          metrics::write_sample(out, family,
+                                "reason=\"" +
+                                    metrics::escape_label(name.substr(std::string_view(prefix).size())) +
+                                    "\"",
+                                static_cast<double>(n));
+    }
     detection_latency.write(out, "deadpeer_detection_latency_seconds",
                             "Silence before a connection's end was decided (last byte heard "
                             "to decision).");
-    rtt_histogram.write(out, "deadpeer_heartbeat_rtt_seconds",
-                        "Heartbeat round-trip times (PING to PONG).");
+    metrics::histogram merged = rtt.empty() ? server_loop_rtt_template() : rtt.front();
+    for (std::size_t i = 1; i < rtt.size(); ++i)
+      merged.merge(rtt[i]);
+    merged.write(out, "deadpeer_heartbeat_rtt_seconds", "Heartbeat round-trip times (PING to PONG).");
     return out;
   }
 
+  static metrics::histogram server_loop_rtt_template() {
+    return metrics::histogram(
+        {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1});
+  }
+
   std::vector<control_event> events_since(std::uint64_t since, std::size_t limit) override {
+    std::lock_guard lock(stats_mutex);
     std::vector<control_event> out;
     for (const auto& e : events) {
       if (e.id <= since) continue;
@@ -567,6 +478,7 @@ struct server::impl : control_source, std::enable_shared_from_this<server::impl>
   }
 
   void on_next_event(std::function<void()> notify) override {
+    std::lock_guard lock(stats_mutex);
     event_waiters.push_back(std::move(notify));
   }
 };
@@ -576,16 +488,17 @@ server::server(asio::io_context& io, server_options options) {
   impl_ = std::make_shared<impl>(io, std::move(options));
 }
 
-// Destroy the server only after its io_context has stopped running (after stop()'s
-// callback, or io.stop()): the teardown below touches objects the io thread uses.
+// Destroy the server after stop()'s callback, or after its io_context has stopped: a
+// server destroyed while running stops its loops at once (connections closed, ends
+// recorded) before returning.
 server::~server() {
-  if (impl_) {
-    impl_->stopping = true;
-    boost::system::error_code ignored;
-    impl_->acceptor.close(ignored);
-    impl_->reap_timer.cancel();
-    if (impl_->api) impl_->api->stop();
-  }
+  if (!impl_) return;
+  impl_->stopping = true;
+  for (auto& loop : impl_->loops)
+    loop->post([](server_loop& l) { l.begin_stop(milliseconds(0)); });
+  impl_->join();
+  if (impl_->api) impl_->api->stop();
+  impl_->loops.clear();
 }
 
 void server::start() {
@@ -596,33 +509,37 @@ void server::stop(std::function<void()> done) {
   auto self = impl_;
   asio::post(self->io, [self, done = std::move(done)]() mutable {
     self->stopping = true;
-    boost::system::error_code ignored;
-    self->acceptor.close(ignored);
-    self->reap_timer.cancel();
-    for (auto& [id, c] : self->connections)
-      c.s->close(wire::bye_reason::going_away);
-    // Sessions end within their graceful-close budget; wait for them, bounded.
+    // Every loop sends BYE going_away and closes gracefully, within a bounded time.
+    const auto grace = std::max(self->options.close_drain_time, milliseconds(100)) + milliseconds(500);
+    for (auto& loop : self->loops)
+      loop->post([grace](server_loop& l) { l.begin_stop(grace); });
     asio::co_spawn(
         self->io,
         [self]() -> asio::awaitable<void> {
           asio::steady_timer wait(self->io);
-          const auto deadline = steady_clock::now() + std::chrono::seconds(3);
-          while (!self->connections.empty() && steady_clock::now() < deadline) {
-            wait.expires_after(milliseconds(10));
+          const auto deadline = steady_clock::now() + std::chrono::seconds(10);
+          while (self->loops_running > 0 && steady_clock::now() < deadline) {
+            wait.expires_after(milliseconds(5));
             co_await wait.async_wait(asio::as_tuple(asio::use_awaitable));
           }
           if (self->api) self->api->stop();
           if (self->store) self->store->flush();
         },
         [self, done = std::move(done)](const std::exception_ptr& e) {
-          impl::report_exception(e);
+          if (e) {
+            try {
+              std::rethrow_exception(e);
+            } catch (const std::exception& x) {
+              std::cerr << "deadpeer server: stop: " << x.what() << std::endl;
+            }
+          }
           if (done) done();
         });
   });
 }
 
 tcp::endpoint server::local_endpoint() const {
-  return impl_->acceptor.local_endpoint();
+  return impl_->listen_endpoint;
 }
 
 std::optional<tcp::endpoint> server::control_endpoint() const {
@@ -631,7 +548,26 @@ std::optional<tcp::endpoint> server::control_endpoint() const {
 }
 
 std::size_t server::live_connections() const {
-  return impl_->connections.size();
+  return impl_->held.load();
+}
+
+unsigned server::threads() const {
+  return static_cast<unsigned>(impl_->loops.size());
+}
+
+bool server::send(const std::string& client_id, std::vector<std::byte> payload) {
+  if (payload.size() + 1 > wire::default_max_frame)
+    throw std::length_error("server::send: payload of " + std::to_string(payload.size()) +
+                            " bytes exceeds the frame limit");
+  connection_ref ref;
+  {
+    std::lock_guard lock(impl_->registry_mutex);
+    const auto it = impl_->by_client.find(client_id);
+    if (it == impl_->by_client.end()) return false;
+    ref = it->second;
+  }
+  return impl_->loops[ref.loop]->post(
+      [ref, payload = std::move(payload)](server_loop& l) { l.send_data(ref, payload); });
 }
 
 void server::flush_store() {

@@ -51,14 +51,6 @@ detector_config with_interval(detector_config config, milliseconds interval) {
   return config;
 }
 
-// The silence after which a fresh detector with this interval declares death: what
-// WELCOME announces as dead_after.
-milliseconds dead_after_for(const detector_config& config, milliseconds interval) {
-  const steady_clock::time_point start{};
-  const auto detector = make_detector(with_interval(config, interval), start);
-  return std::chrono::ceil<milliseconds>(detector->dead_at() - start);
-}
-
 std::string_view frame_name(const wire::frame& f) {
   return wire::to_string(wire::type_of(f));
 }

@@ -43,4 +43,21 @@ std::optional<tcp_snapshot> read_tcp_info(native_socket socket, std::error_code&
 #endif
 }
 
+classification classify_socket_end(native_socket socket, std::error_code ec,
+                                   connection_context::operation op, bool sent_since_heard,
+                                   const keepalive_settings& in_force) {
+  bool in_flight = sent_since_heard;
+  std::error_code info_error;
+  if (const auto kernel = read_tcp_info(socket, info_error)) {
+    if (kernel->retransmits > 0 || kernel->backoff > 0)
+      in_flight = true;
+    else if (kernel->probes > 0)
+      in_flight = false;
+  }
+  return classify(ec, connection_context{.op = op,
+                                         .data_in_flight = in_flight,
+                                         .keepalive_armed = in_force.enabled,
+                                         .user_timeout_armed = in_force.user_timeout.count() != 0});
+}
+
 }  // namespace deadpeer

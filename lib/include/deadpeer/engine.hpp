@@ -187,6 +187,7 @@ class protocol_engine {
   bool sent_since_heard() const { return last_sent_ > last_heard_; }
   bool sending_stopped() const { return send_closed_; }
   time_point last_heard() const { return last_heard_; }
+  time_point opened() const { return opened_; }
   std::chrono::milliseconds interval() const { return std::chrono::milliseconds(interval_ms_); }
   std::uint64_t session_id() const { return session_id_; }
   /// Bytes of a partial frame held until the rest arrives.

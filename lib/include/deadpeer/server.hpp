@@ -2,26 +2,38 @@
 // heartbeat clients, holds one live session per client id, reaps ghosts, records every
 // connection's end in SQLite and serves its state over the HTTP control API.
 //
-// Threading: everything (acceptor, sessions, reaper, control API) runs on the one
-// io_context given, and that io_context must be run by a single thread. Only the store's
-// writer has a thread of its own. This keeps the registry free of locks.
+// Threading: `threads` event loops (default: one per core), each a thread with its own
+// SO_REUSEPORT listener, epoll set, timing wheel and slab of connections, each driving
+// the protocol engine (engine.hpp) for its connections. The io_context given to the
+// constructor runs the control API and the completion of stop(); it must be run by one
+// thread. The store's writer has a thread of its own. Loops never block on each other,
+// the API or the disk: the API asks each loop for a snapshot, the store takes records
+// through a queue.
 //
 // Takeover: a HELLO with a client id that is already live supersedes the old session
-// (BYE superseded, cause superseded), as MQTT does; with an auth token configured only a
-// client that proves it gets in at all, so nobody can kick a client off by reusing its id.
+// (BYE superseded, cause superseded), as MQTT does. The registry of client ids is shared
+// under one lock taken only at admission and at the end of an admitted connection; the
+// old session is ended by its own loop (a posted task when that is another loop). With
+// an auth token configured only a client that proves it gets in at all, so nobody can
+// kick a client off by reusing its id.
 //
-// Reaper: each connection has one deadline in a deadline_ring, moved in O(1) whenever
-// bytes arrive (last heard + dead_after + one reap interval; the handshake deadline
-// before HELLO; "now" when the peer half-closes). The sweep visits only due buckets,
-// never every connection. A connection that comes due is examined: still handshaking ->
-// ERROR handshake_timeout (the reaper owns this deadline, so a slowloris flood costs no
-// timer per connection); kernel state CLOSE_WAIT -> reaped (the peer sent FIN and nobody
-// closed); silent while heartbeats are on -> reaped (a backstop: the session's own
-// detector normally ends it first). Every reason is counted.
+// Admission follows protocol.md §5: the HELLO's version and id are checked first, then
+// the token, then capacity (max_connections, max_per_ip: ERROR server_full).
+//
+// Ghosts: each connection's engine owns its deadlines (handshake timeout: ERROR
+// handshake_timeout, recorded as detected by the reaper; silence: the detector). With
+// end_on_eof = false a half-closed peer leaves a CLOSE_WAIT connection that is reaped at
+// the next reap_interval tick (cause reaped, detected by reaper).
+//
+// The descriptor limit: the loops hold at most the process's RLIMIT_NOFILE less a
+// reserve, so the control API and the store always have descriptors; a newcomer past
+// that is accepted, told ERROR server_full and closed, never left unanswered in the
+// accept queue, and the condition is logged once per 10 s.
 #pragma once
 
 #include <deadpeer/control_api.hpp>
 #include <deadpeer/detector.hpp>
+#include <deadpeer/engine.hpp>
 #include <deadpeer/keepalive.hpp>
 
 #include <boost/asio/io_context.hpp>
@@ -32,9 +44,19 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
+#include <vector>
 
 namespace deadpeer {
+
+/// A connection's end as an embedding backend sees it.
+struct connection_end {
+  session_end end;
+  std::string client_id;  ///< empty if the handshake never completed
+  boost::asio::ip::tcp::endpoint peer;
+  std::uint64_t session_id = 0;
+};
 
 struct server_options {
   boost::asio::ip::tcp::endpoint listen{boost::asio::ip::make_address("127.0.0.1"), 7700};
@@ -60,9 +82,23 @@ struct server_options {
   std::size_t max_per_ip = 1000;
   std::string auth_token;              ///< empty: no authentication
   std::size_t event_history = 100000;  ///< connection ends kept for GET /events
+  /// Event loops (threads); 0: one per core.
+  unsigned threads = 0;
+  /// Let other processes listen on the same port (SO_REUSEPORT), to hold more connections
+  /// than one process's descriptor limit allows. The loops of one server always share.
+  bool reuse_port = false;
+  /// Graceful close: how long and how much we read and discard waiting for the peer's FIN.
+  std::chrono::milliseconds close_drain_time{2000};
+  std::size_t close_drain_bytes = 16 * 1024 * 1024;
   /// Called (on the io_context) with each connection-end event as a JSON object, the same
   /// text GET /events serves. For logging; may be empty.
   std::function<void(const std::string& event_json)> on_event;
+  /// Called on the connection's event loop thread when a connection has ended and is
+  /// closed. Must not block. May be empty.
+  std::function<void(const connection_end&)> on_end;
+  /// Called on the connection's event loop thread with each DATA payload from a client.
+  /// Must not block. May be empty.
+  std::function<void(const std::string& client_id, std::span<const std::byte> payload)> on_data;
 };
 
 /// Checks option values; throws config_error naming the bad one.
@@ -84,7 +120,13 @@ class server {
 
   boost::asio::ip::tcp::endpoint local_endpoint() const;
   std::optional<boost::asio::ip::tcp::endpoint> control_endpoint() const;
+  /// Connections held (handshaking, established or closing), all loops together.
   std::size_t live_connections() const;
+  /// The number of event loops.
+  unsigned threads() const;
+  /// Sends DATA to the live session of `client_id`, from any thread. False when no such
+  /// session is live (the payload is dropped). Throws std::length_error past the frame limit.
+  bool send(const std::string& client_id, std::vector<std::byte> payload);
   /// Blocks until the store has committed every end recorded so far.
   void flush_store();
 

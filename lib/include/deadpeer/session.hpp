@@ -19,6 +19,7 @@
 #pragma once
 
 #include <deadpeer/cause.hpp>
+#include <deadpeer/engine.hpp>
 #include <deadpeer/detector.hpp>
 #include <deadpeer/keepalive.hpp>
 #include <deadpeer/wire.hpp>
@@ -41,8 +42,6 @@
 #include <vector>
 
 namespace deadpeer {
-
-enum class session_role { client, server };
 
 /// Everything a session needs to know; the defaults suit a loopback or LAN peer.
 struct session_config {
@@ -88,31 +87,7 @@ struct session_config {
   std::size_t close_drain_bytes = 16 * 1024 * 1024;
 };
 
-/// What was agreed in the handshake.
-struct session_established {
-  std::string client_id;
-  std::chrono::milliseconds interval{0};
-  std::chrono::milliseconds dead_after{0};
-  std::uint64_t session_id = 0;
-};
-
-/// How and why a session ended. Times are CLOCK_MONOTONIC nanoseconds (clock.hpp).
-struct session_end {
-  deadpeer::cause cause = deadpeer::cause::unknown;
-  deadpeer::detected_by detected_by = deadpeer::detected_by::application;
-  std::error_code error;                           ///< the socket error, if one ended it
-  std::optional<wire::error_code> protocol_error;  ///< ERROR sent or received
-  std::optional<wire::bye_reason> bye;             ///< BYE sent or received
-  bool graceful = false;                           ///< we closed with FIN after a drain
-  bool abortive = false;                           ///< we closed with RST (SO_LINGER 0)
-  std::int64_t opened_ns = 0;
-  std::int64_t decided_ns = 0;     ///< when the end was decided (detection time)
-  std::int64_t last_heard_ns = 0;  ///< last bytes received from the peer
-  std::int64_t closed_ns = 0;      ///< when the socket was closed
-  std::uint64_t frames_received = 0;
-  std::uint64_t frames_sent = 0;
-  std::optional<std::chrono::nanoseconds> last_rtt;
-};
+// session_role, session_established and session_end are the engine's (engine.hpp).
 
 /// Callbacks, all invoked on the session's strand. Any may be empty.
 struct session_handlers {

@@ -4,6 +4,7 @@
 // an operator can see a connection dying before any timer fires.
 #pragma once
 
+#include <deadpeer/cause.hpp>
 #include <deadpeer/keepalive.hpp>
 
 #include <cstdint>
@@ -28,5 +29,14 @@ struct tcp_snapshot {
 
 /// Reads TCP_INFO. Linux only; elsewhere sets ec to operation_not_supported.
 std::optional<tcp_snapshot> read_tcp_info(native_socket socket, std::error_code& ec);
+
+/// Why the kernel ended a connection: classify() fed with what the kernel still knows.
+/// It purges its queues on abort but keeps its counters: retransmissions mean data was in
+/// flight (retransmission or user timeout), keepalive probes mean it was idle. When
+/// TCP_INFO cannot say, `sent_since_heard` (we sent after the last thing heard from a peer
+/// that answers everything) stands in. Shared by every driver of the protocol engine.
+classification classify_socket_end(native_socket socket, std::error_code ec,
+                                   connection_context::operation op, bool sent_since_heard,
+                                   const keepalive_settings& in_force);
 
 }  // namespace deadpeer
