@@ -13,7 +13,7 @@
 //
 // mosquitto keeps keepalive deadlines in one-second buckets, which is cheaper still but
 // lets a deadline fire up to a second late. Detection latency is what deadpeer measures,
-// so deadlines need millisecond resolution; the older deadline_ring makes mosquitto's trade.
+// so deadlines need millisecond resolution.
 #pragma once
 
 #include <algorithm>
