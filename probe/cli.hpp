@@ -52,5 +52,6 @@ int command_explain(const std::vector<std::string>& args);
 int command_bound(const std::vector<std::string>& args);
 int command_tune(const std::vector<std::string>& args);
 int command_presets(const std::vector<std::string>& args);
+int command_load(const std::vector<std::string>& args);
 
 }  // namespace probe

@@ -26,6 +26,8 @@ Commands:
   presets   list the named keepalive presets and why each exists
   explain   say what an error code (104, 10053, ECONNRESET) or a cause means
   connect   run a heartbeat client against a heartbeat-server: RTT and why it ended
+  load      hold thousands of heartbeating clients (deadpeer or MQTT) against a server on
+            this host: handshake rate, RTT, verdicts, the server's memory and CPU each
 
 Durations take a unit: 250ms, 1.5s, 30s, 5m, 2h.
 Keepalive settings are written idle:interval:count[:user_timeout], e.g. 60s:10s:5.
@@ -40,6 +42,7 @@ int main(int argc, char** argv) {
       {"presets", probe::command_presets}, {"explain", probe::command_explain},
       {"connect", probe::command_connect}, {"run", probe::command_run},
       {"sweep", probe::command_sweep},     {"report", probe::command_report},
+      {"load", probe::command_load},
   };
   std::vector<std::string> args(argv + 1, argv + argc);
   // The experiment users run first: probe --simulate-crash [options] = probe run --fault crash.
