@@ -104,15 +104,24 @@ TEST_CASE("two sessions heartbeat, measure RTT, and close gracefully") {
   listener l(io.context());
   tcp::socket client_socket(io.context());
   client_socket.connect({boost::asio::ip::make_address("127.0.0.1"), l.port()});
+  // Heartbeats every 50 ms so that ten RTT samples come quickly, but a detector that
+  // allows 5 s of silence: this test is about heartbeats flowing and a clean close, not
+  // about how soon silence is noticed (the hung-peer tests are). With 3 x 50 ms, "nobody
+  // was declared dead" would be a bet that no thread here stalls for 150 ms, which a
+  // loaded machine loses.
+  const fixed_detector_config generous{.interval = 50ms, .multiplier = 3.0, .timeout = 5s};
+  auto server_settings = server_config(50ms);
+  server_settings.detector = generous;
+  auto client_settings = client_config(50ms);
+  client_settings.detector = generous;
   recorder server_events, client_events;
-  session::start(l.accept(), server_config(50ms), server_events.handlers());
-  auto client =
-      session::start(std::move(client_socket), client_config(50ms), client_events.handlers());
+  session::start(l.accept(), server_settings, server_events.handlers());
+  auto client = session::start(std::move(client_socket), client_settings, client_events.handlers());
 
   REQUIRE(client_events.established.wait_for(wait_limit) == std::future_status::ready);
   const auto agreed = client_events.established.get();
   CHECK(agreed.interval == 50ms);
-  CHECK(agreed.dead_after == 150ms);
+  CHECK(agreed.dead_after == 5s);
   CHECK(agreed.session_id == 42);
   REQUIRE(server_events.established.wait_for(wait_limit) == std::future_status::ready);
   CHECK(server_events.established.get().client_id == "test-client");
@@ -443,4 +452,97 @@ TEST_CASE("keepalive options given to a session are applied to its socket") {
             .enabled = true, .idle = 7s, .interval = 3s, .count = 4, .user_timeout = 20s});
   peer.close();
   (void)events.wait_end();
+}
+
+TEST_CASE("an exception from a handler ends the session with internal_error, gracefully") {
+  // One thrown where the engine calls the handler (on_established), one where the
+  // session itself does (on_heard): both become ERROR internal_error, then FIN.
+  for (const bool from_engine : {true, false}) {
+    DYNAMIC_SECTION((from_engine ? "on_established" : "on_heard")) {
+      io_thread io;
+      listener l(io.context());
+      raw_peer peer(l.port());
+      recorder events;
+      auto handlers = events.handlers();
+      if (from_engine)
+        handlers.on_established = [](const session_established&) {
+          throw std::runtime_error("handler failed");
+        };
+      else
+        handlers.on_heard = [](std::int64_t) { throw std::runtime_error("handler failed"); };
+      session::start(l.accept(), server_config(1s), std::move(handlers));
+      peer.send_frame(wire::hello{.version = wire::protocol_version,
+                                  .client_id = "thrower",
+                                  .requested_interval_ms = 1000,
+                                  .auth_token = {}});
+      const auto r = peer.read_to_end();
+      const auto* error = find_frame<wire::error>(r);
+      REQUIRE(error != nullptr);
+      CHECK(error->code == wire::error_code::internal_error);
+      CHECK(r.eof);
+      peer.close();
+      const auto end = events.wait_end();
+      CHECK(end.protocol_error == wire::error_code::internal_error);
+      CHECK(end.graceful);
+    }
+  }
+}
+
+TEST_CASE("with end_on_eof off, a half-closed peer is reported and the session stays") {
+  io_thread io;
+  listener l(io.context());
+  raw_peer peer(l.port());
+  recorder events;
+  std::promise<void> finished_promise;
+  auto finished = finished_promise.get_future();
+  auto handlers = events.handlers();
+  handlers.on_peer_finished = [&] { finished_promise.set_value(); };
+  auto config = server_config(1s);
+  config.end_on_eof = false;
+  auto s = session::start(l.accept(), config, std::move(handlers));
+  peer.handshake("half", 1s);
+  peer.shutdown_send();
+  REQUIRE(finished.wait_for(wait_limit) == std::future_status::ready);
+  CHECK(events.ended.wait_for(0s) == std::future_status::timeout);
+  // The owner decides: a graceful close still reaches the peer, BYE then EOF.
+  s->close(wire::bye_reason::normal, cause::reaped);
+  const auto end = events.wait_end();
+  CHECK(end.cause == cause::reaped);
+  CHECK(end.graceful);
+  const auto r = peer.read_to_end();
+  const auto* bye = find_frame<wire::bye>(r);
+  REQUIRE(bye != nullptr);
+  CHECK(bye->reason == wire::bye_reason::normal);
+  CHECK(r.eof);
+}
+
+TEST_CASE("half_close sends FIN and then nothing, not even PONGs, while still reading") {
+  io_thread io;
+  listener l(io.context());
+  tcp::socket client_socket(io.context());
+  client_socket.connect({boost::asio::ip::make_address("127.0.0.1"), l.port()});
+  auto accepted = l.accept();
+  raw_peer server(accepted.release(), 5s);
+  recorder events;
+  auto client = session::start(std::move(client_socket), client_config(1s), events.handlers());
+  REQUIRE(find_frame<wire::hello>(server.read_frame()) != nullptr);
+  server.send_frame(wire::welcome{.version = wire::protocol_version,
+                                  .interval_ms = 1000,
+                                  .dead_after_ms = 3000,
+                                  .session_id = 7,
+                                  .max_frame = wire::default_max_frame,
+                                  .min_interval_ms = 10,
+                                  .max_interval_ms = 5000});
+  REQUIRE(events.established.wait_for(wait_limit) == std::future_status::ready);
+  client->half_close();
+  server.send_frame(wire::ping{.sequence = 1, .timestamp_ns = 1});
+  const auto r = server.read_to_end();
+  CHECK(r.eof);
+  CHECK(find_frame<wire::pong>(r) == nullptr);
+  // Still reading: a BYE from the server ends it.
+  server.send_frame(wire::bye{wire::bye_reason::normal});
+  server.close();
+  const auto end = events.wait_end();
+  CHECK(end.cause == cause::peer_closed);
+  CHECK(end.bye == wire::bye_reason::normal);
 }

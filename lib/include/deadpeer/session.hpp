@@ -1,41 +1,44 @@
-// One heartbeating connection, either role, on Boost.Asio with C++20 coroutines.
+// One heartbeating connection, either role, on Boost.Asio: a thin driver of
+// protocol_engine (engine.hpp), which holds every rule of docs/protocol.md. The session
+// only moves bytes and time: it reads into one buffer and feeds the engine, writes what
+// the engine produced (PONGs ahead of queued frames), keeps one timer at the engine's
+// next_timeout, classifies socket errors for it (cause.hpp, TCP_INFO), and closes the
+// socket the way the engine's end says. on_end fires exactly once, after the close, and
+// nothing outlives it: no pending operation holds the session once it has ended.
 //
-// A session owns its socket and its timers. Three loops run on the session's strand: a
-// reader (bytes -> frames -> handling), a watchdog that sleeps on a single timer until
-// the earliest of {handshake deadline, next ping due, detector's dead_at} and re-checks
-// before acting, and a writer that drains a queue of encoded frames. When any of them
-// decides the session is over, the others are cancelled, the socket is closed the way
-// the end requires, and on_end fires exactly once. Nothing outlives that: no timer holds
-// the session once it has ended.
+// Why completion handlers on a strand rather than coroutines: a session has at most one
+// read, one write and one timer wait in flight, which three small handlers express
+// without a coroutine frame per loop or a timer per wake-up signal. Every handler
+// runs on the session's strand (public methods post to it), so members need no locks,
+// and every handler catches what escapes it, logs it and ends the session with
+// internal_error instead of letting it unwind through the caller's io_context::run().
 //
-// How a session closes (docs/protocol.md, "Closing"):
-// - graceful: queued frames, then BYE or ERROR, then shutdown(SHUT_WR), then read and
-//   discard until the peer's FIN (bounded in time and bytes), then close. The peer gets
-//   our last frame and an EOF, never an RST. Used for protocol errors, rejections,
-//   takeover, local close, and after the peer said BYE or ERROR.
+// How a session closes (docs/protocol.md, "Closing"), as protocol_engine::end_mode says:
+// - graceful: what is queued, then the engine's BYE or ERROR, then shutdown(SHUT_WR),
+//   while reading and discarding until the peer's FIN, all bounded by close_drain_time
+//   and close_drain_bytes; then close. The peer gets our last frame and an EOF, never an
+//   RST caused by data we left unread.
 // - abortive: SO_LINGER {1, 0} and close: an RST, no FIN_WAIT or TIME_WAIT left for a
-//   peer already judged dead (heartbeat timeout).
-// - plain close after the kernel already ended the connection (EOF, RST, timeouts).
+//   peer already judged dead (heartbeat timeout, abort()).
+// - plain: close; the kernel already ended the connection (EOF, RST, timeouts).
 #pragma once
 
 #include <deadpeer/cause.hpp>
-#include <deadpeer/engine.hpp>
 #include <deadpeer/detector.hpp>
+#include <deadpeer/engine.hpp>
 #include <deadpeer/keepalive.hpp>
 #include <deadpeer/wire.hpp>
 
-#include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 
+#include <array>
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
-#include <random>
 #include <span>
 #include <string>
 #include <system_error>
@@ -57,8 +60,8 @@ struct session_config {
   detector_config detector = fixed_detector_config{};
   /// Each PING is sent after interval × (1 ± jitter) of sending nothing.
   double ping_jitter = 0.1;
-  /// HELLO (server) or WELCOME (client) must arrive within this; 0 disables the session's
-  /// own check (deadpeer::server enforces it from its reaper instead).
+  /// HELLO (server) or WELCOME (client) must arrive within this; 0 disables the check
+  /// (for an owner that enforces it itself).
   std::chrono::milliseconds handshake_timeout{5000};
   /// What the peer's FIN (EOF without BYE) means. true: the peer is gone, end now
   /// (cause peer_closed, detected by eof) -- a crashed process looks exactly like this.
@@ -104,7 +107,7 @@ struct session_handlers {
   std::function<std::optional<wire::error>(const wire::hello&)> admit;
 };
 
-class session : public std::enable_shared_from_this<session> {
+class session : public std::enable_shared_from_this<session>, private engine_observer {
  public:
   using socket_type = boost::asio::ip::tcp::socket;
 
@@ -138,69 +141,56 @@ class session : public std::enable_shared_from_this<session> {
   session& operator=(const session&) = delete;
 
  private:
-  enum class state { awaiting_hello, awaiting_welcome, established };
-  enum class close_mode { graceful, abortive, plain };
-  struct pending_end {
-    session_end end;
-    close_mode mode = close_mode::plain;
-    std::optional<wire::frame> last_frame;  ///< BYE or ERROR to send on a graceful close
-  };
+  /// running: the engine decides; closing: its end is decided and the graceful close is
+  /// under way; closed: the socket is closed and on_end has run.
+  enum class phase : std::uint8_t { running, closing, closed };
+  using error_code = boost::system::error_code;
 
-  static pending_end make_end(deadpeer::cause why, deadpeer::detected_by by, close_mode mode,
-                              std::optional<wire::frame> last_frame = std::nullopt);
-
-  boost::asio::awaitable<void> run();
-  boost::asio::awaitable<void> reader();
-  boost::asio::awaitable<void> watchdog();
-  boost::asio::awaitable<void> writer();
-  boost::asio::awaitable<void> finish();
-
-  void handle(wire::frame frame);
-  void handle_hello(wire::hello hello);
-  void handle_welcome(const wire::welcome& welcome);
-  void established(std::chrono::milliseconds interval, std::chrono::milliseconds dead_after,
-                   std::uint64_t session_id, std::string client_id);
-  void enqueue(const wire::frame& frame, bool ahead_of_data = false);
-  void end_with(pending_end end);
+  void begin();
+  void on_read(error_code ec, std::size_t bytes);
+  void on_written(error_code ec, std::size_t bytes);
+  void on_timer(error_code ec);
+  void proceed();
+  void read();
+  void flush();
+  void arm_timer();
+  void wait_timer();
+  void begin_close();
+  void finish();
   void end_by_socket_error(std::error_code ec, connection_context::operation op);
-  void end_by_protocol(wire::error_code code, std::string text);
-  std::chrono::steady_clock::time_point next_ping_at();
-  void roll_ping_delay();
-  void wake_watchdog();
+  void end_by_exception(const char* what);
+  template <typename Step>
+  void guarded(Step&& step);
+  template <typename... Args>
+  auto on_strand(void (session::*handler)(Args...));
+
+  // engine_observer: the engine's events, passed on to the handlers.
+  void on_established(const session_established& established) override;
+  void on_data(std::span<const std::byte> payload) override;
+  void on_rtt(std::chrono::nanoseconds rtt) override;
+  void on_peer_finished() override;
+  std::optional<wire::error> admit(const wire::hello& hello) override;
 
   socket_type socket_;
   boost::asio::strand<boost::asio::any_io_executor> strand_;
+  /// The engine's next_timeout while running, the drain deadline while closing.
+  boost::asio::steady_timer timer_;
   session_config config_;
+  engine_config engine_config_;  ///< the engine keeps a pointer to it
   session_handlers handlers_;
-  boost::asio::steady_timer watchdog_timer_;
-  boost::asio::steady_timer writer_signal_;
-  boost::asio::steady_timer parked_reader_;  ///< reader waits here after a half-close
-
-  state state_;
-  wire::decoder decoder_;
-  std::unique_ptr<failure_detector> detector_;
-  std::optional<pending_end> end_;
-  bool send_closed_ = false;  ///< half_close() was called: nothing more goes out
+  engine_output output_;    ///< produced by the engine, not yet handed to the socket
+  engine_output writing_;   ///< what the write in flight is sending
+  std::int64_t opened_ns_;  ///< when the engine was created: its handshake clock starts here
+  protocol_engine engine_;
   keepalive_settings keepalive_in_force_;
-
-  std::deque<std::vector<std::byte>> outgoing_;
-  std::vector<std::byte> partial_write_;  ///< rest of a frame whose write was cancelled
-  std::vector<std::vector<std::byte>> before_handshake_;  ///< DATA queued too early
-
-  std::chrono::steady_clock::time_point handshake_deadline_;
-  std::chrono::steady_clock::time_point last_sent_;
-  std::chrono::steady_clock::time_point last_heard_;
-  std::chrono::steady_clock::time_point last_ping_received_;
-  std::chrono::milliseconds interval_{0};
-  std::chrono::nanoseconds ping_delay_{0};  ///< jittered interval for the next PING
-  std::uint64_t next_sequence_ = 1;
-  int ping_strikes_ = 0;
-  std::minstd_rand jitter_rng_;
-
-  std::int64_t opened_ns_ = 0;
-  std::uint64_t frames_received_ = 0;
-  std::uint64_t frames_sent_ = 0;
-  std::optional<std::chrono::nanoseconds> last_rtt_;
+  std::size_t drained_bytes_ = 0;
+  phase phase_ = phase::running;
+  bool read_in_flight_ = false;
+  bool write_in_flight_ = false;
+  bool timer_waiting_ = false;
+  bool peer_finished_ = false;  ///< EOF was read: nothing more to read
+  bool fin_sent_ = false;       ///< shutdown(SHUT_WR) done while closing
+  std::array<std::byte, 8 * 1024> read_buffer_;
 };
 
 }  // namespace deadpeer
