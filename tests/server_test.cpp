@@ -14,6 +14,7 @@
 
 #include <filesystem>
 #include <future>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -125,6 +126,10 @@ class server_fixture {
     sqlite3_finalize(stmt);
     sqlite3_close(db);
     return rows;
+  }
+
+  bool send(const std::string& client_id, std::vector<std::byte> payload) {
+    return server_->send(client_id, std::move(payload));
   }
 
  private:
@@ -469,4 +474,62 @@ TEST_CASE("server: options that would declare clients dead between heartbeats ar
   CHECK_THROWS_WITH(validate(o), Catch::Contains("multiplier"));
   o.detector = fixed_detector_config{.interval = 1s, .multiplier = 1.5, .timeout = 0ms};
   CHECK_NOTHROW(validate(o));
+}
+
+TEST_CASE("server: an embedding backend exchanges DATA by client id and gets typed ends") {
+  std::mutex m;
+  std::vector<std::pair<std::string, std::string>> received;  // client id, payload
+  std::vector<connection_end> ends;
+  server_fixture f([&](server_options& o) {
+    o.max_interval = 1s;
+    o.detector = fixed_detector_config{.interval = 100ms, .multiplier = 3, .timeout = 5000ms};
+    o.on_data = [&](const std::string& id, std::span<const std::byte> payload) {
+      std::lock_guard lock(m);
+      received.emplace_back(id, std::string(reinterpret_cast<const char*>(payload.data()),
+                                            payload.size()));
+    };
+    o.on_end = [&](const connection_end& e) {
+      std::lock_guard lock(m);
+      ends.push_back(e);
+    };
+  });
+  raw_peer app(f.port());
+  app.handshake("app-1", 1000ms);
+  const std::string hello_text = "to the device";
+  const auto* bytes = reinterpret_cast<const std::byte*>(hello_text.data());
+  CHECK_FALSE(f.send("nobody", {bytes, bytes + hello_text.size()}));
+  REQUIRE(f.send("app-1", {bytes, bytes + hello_text.size()}));
+  // The DATA arrives (possibly after one of the server's PINGs).
+  std::optional<wire::data> got;
+  for (int i = 0; i < 5 && !got; ++i) {
+    const auto r = app.read_frame();
+    REQUIRE(r.frames.size() == 1);
+    if (const auto* d = std::get_if<wire::data>(&r.frames[0])) got = *d;
+  }
+  REQUIRE(got);
+  CHECK(std::string(reinterpret_cast<const char*>(got->payload.data()), got->payload.size()) ==
+        hello_text);
+
+  const std::string report = "from the device";
+  const auto* up = reinterpret_cast<const std::byte*>(report.data());
+  app.send_frame(wire::data{{up, up + report.size()}});
+  REQUIRE(eventually([&] {
+    std::lock_guard lock(m);
+    return !received.empty();
+  }));
+  {
+    std::lock_guard lock(m);
+    CHECK(received[0] == std::pair<std::string, std::string>("app-1", report));
+  }
+  app.close();
+  REQUIRE(eventually([&] {
+    std::lock_guard lock(m);
+    return !ends.empty();
+  }));
+  std::lock_guard lock(m);
+  CHECK(ends[0].client_id == "app-1");
+  CHECK(ends[0].end.cause == cause::peer_closed);
+  CHECK(ends[0].end.detected_by == detected_by::eof);
+  CHECK(ends[0].peer.address().to_string() == "127.0.0.1");
+  CHECK(ends[0].session_id > 0);
 }

@@ -249,9 +249,14 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
         answers.pop_back();
     }
     std::vector<T> out;
-    for (auto& answer : answers)
-      if (answer.wait_for(std::chrono::seconds(5)) == std::future_status::ready)
+    for (auto& answer : answers) {
+      if (answer.wait_for(std::chrono::seconds(5)) != std::future_status::ready) continue;
+      try {
         out.push_back(answer.get());
+      } catch (const std::exception&) {
+        // The loop finished before it ran the task (broken promise): it holds nothing.
+      }
+    }
     return out;
   }
 

@@ -416,7 +416,21 @@ void server_loop::on_readable(std::uint32_t slot) {
     if (n <= 0 || c.drained_bytes > settings_.options->close_drain_bytes) finish(slot);
     return;
   }
-  if (!c.reading) return;
+  if (!c.reading) {
+    // Half-closed and waiting for the reaper; only an error (the peer's RST) or a hang-up
+    // wakes us here. Report the error, or stop watching so the loop does not spin.
+    int error = 0;
+    socklen_t length = sizeof error;
+    ::getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &error, &length);
+    if (error != 0) {
+      observer_->slot = slot;
+      fail(slot, error, connection_context::operation::reading);
+      after_engine(slot);
+    } else {
+      ::epoll_ctl(epoll_, EPOLL_CTL_DEL, c.fd, nullptr);
+    }
+    return;
+  }
   const auto n = ::recv(c.fd, read_buffer_.data(), read_buffer_.size(), 0);
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
   const auto now = steady_clock::now();

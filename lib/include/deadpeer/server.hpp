@@ -94,10 +94,10 @@ struct server_options {
   /// text GET /events serves. For logging; may be empty.
   std::function<void(const std::string& event_json)> on_event;
   /// Called on the connection's event loop thread when a connection has ended and is
-  /// closed. Must not block. May be empty.
+  /// closed; different loops may call it at the same time. Must not block. May be empty.
   std::function<void(const connection_end&)> on_end;
-  /// Called on the connection's event loop thread with each DATA payload from a client.
-  /// Must not block. May be empty.
+  /// Called on the connection's event loop thread with each DATA payload from a client;
+  /// different loops may call it at the same time. Must not block. May be empty.
   std::function<void(const std::string& client_id, std::span<const std::byte> payload)> on_data;
 };
 
