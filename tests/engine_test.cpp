@@ -88,10 +88,12 @@ struct established_server {
   engine_config config = server_config();
   engine_output out;
   recorder events;
-  protocol_engine engine{config, t0, 42, 7, out};
+  protocol_engine engine;
 
   explicit established_server(std::uint32_t interval_ms = 1000,
-                              std::function<void(engine_config&)> adjust = {}) {
+                              std::function<void(engine_config&)> adjust = {},
+                              std::uint32_t jitter_seed = 7)
+      : engine(config, t0, 42, jitter_seed, out) {
     if (adjust) adjust(config);
     engine.receive(bytes_of(hello_for(interval_ms)), t0, out, events);
     REQUIRE(engine.established());
@@ -523,4 +525,21 @@ TEST_CASE("engine: two engines wired together heartbeat for an hour without a ve
   CHECK(sev.rtts.size() + cev.rtts.size() > 3000);
   for (const auto rtt : cev.rtts)
     CHECK((rtt > 0ns && rtt <= 2 * latency));
+}
+
+TEST_CASE("engine: with a coalescing grid PINGs fall due on it, within the allowed wait") {
+  int on_grid = 0;
+  for (std::uint32_t seed = 1; seed <= 200; ++seed) {
+    established_server s(1000, [](engine_config& c) { c.ping_coalesce = 16ms; }, seed);
+    const auto due = s.engine.next_timeout();
+    CHECK(due >= t0 + 900ms);
+    CHECK(due <= t0 + 1100ms);
+    on_grid += due.time_since_epoch() % std::chrono::milliseconds(16) == 0ns ? 1 : 0;
+    s.engine.on_timeout(due - 1ns, s.out);
+    CHECK(s.out.empty());
+    s.engine.on_timeout(due, s.out);
+    CHECK(frames_in(s.out.ordered).size() == 1);
+  }
+  // Only a wait drawn within 16 ms of the longest one is clamped off the grid.
+  CHECK(on_grid >= 150);
 }

@@ -55,6 +55,8 @@ void validate(const engine_config& c) {
     throw std::invalid_argument("session: ping_jitter must be in [0, 1)");
   if (c.min_interval <= milliseconds(0) || c.min_interval > c.max_interval)
     throw std::invalid_argument("session: need 0 < min_interval <= max_interval");
+  if (c.ping_coalesce < milliseconds(0))
+    throw std::invalid_argument("session: ping_coalesce must be >= 0");
   if (c.handshake_timeout < milliseconds(0))
     throw std::invalid_argument("session: handshake_timeout must be >= 0");
   if (c.ping_strike_limit < 1 || c.ping_strike_limit > 255)
@@ -189,7 +191,7 @@ void protocol_engine::on_timeout(time_point now, engine_output& out) {
     return;
   }
   // §6 sending: a PING after a jittered wait of sending nothing.
-  if (!send_closed_ && now >= last_sent_ + std::chrono::microseconds(ping_delay_us_))
+  if (!send_closed_ && now >= ping_due())
     emit(wire::ping{.sequence = next_sequence_++,
                     .timestamp_ns = static_cast<std::uint64_t>(to_monotonic_ns(now))},
          now, out.ordered);
@@ -202,7 +204,22 @@ time_point protocol_engine::next_timeout() const {
                                                   : time_point::max();
   if (!config_->heartbeat) return time_point::max();
   if (send_closed_) return dead_at();
-  return std::min(dead_at(), last_sent_ + std::chrono::microseconds(ping_delay_us_));
+  return std::min(dead_at(), ping_due());
+}
+
+// The jittered wait, then rounded up to the coalescing grid (absolute time, so every
+// connection of a driver shares the same instants) but never past the longest wait
+// §6 allows: PINGs that fall due close together go out on one wake-up of the driver.
+time_point protocol_engine::ping_due() const {
+  const auto due = last_sent_ + std::chrono::microseconds(ping_delay_us_);
+  const auto grid = std::chrono::duration_cast<time_point::duration>(config_->ping_coalesce);
+  if (grid.count() <= 0) return due;
+  const auto since_epoch = due.time_since_epoch();
+  const auto rounded = time_point((since_epoch + grid - time_point::duration(1)) / grid * grid);
+  const auto latest =
+      last_sent_ + std::chrono::duration_cast<time_point::duration>(std::chrono::duration<double, std::milli>(
+                       static_cast<double>(interval_ms_) * (1.0 + config_->ping_jitter)));
+  return std::max(due, std::min(rounded, latest));
 }
 
 time_point protocol_engine::dead_at() const {

@@ -182,6 +182,9 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
     engine.end_on_eof = options.end_on_eof;
     engine.min_interval = options.min_interval;
     engine.max_interval = options.max_interval;
+    // PINGs due within 16 ms of each other share one wake-up of their loop (the ±10%
+    // jitter already spreads them; this only stops the timer firing once per PING).
+    engine.ping_coalesce = milliseconds(16);
     engine.default_interval = options.default_interval;
     validate(engine);
 

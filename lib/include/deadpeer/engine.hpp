@@ -56,6 +56,10 @@ struct engine_config {
   detector_config detector = fixed_detector_config{};
   /// Each PING is sent after interval × (1 ± jitter) of sending nothing.
   double ping_jitter = 0.1;
+  /// PINGs fall due on a grid of this step (0: exactly when the jittered wait ends), never
+  /// later than the longest wait allowed: a server with thousands of connections then
+  /// sends the PINGs that fall due close together on one wake-up instead of one each.
+  std::chrono::milliseconds ping_coalesce{0};
   /// HELLO (server) or WELCOME (client) must arrive within this, counted from
   /// construction; 0 disables the check.
   std::chrono::milliseconds handshake_timeout{5000};
@@ -213,6 +217,7 @@ class protocol_engine {
   std::size_t consume(std::span<const std::byte> bytes, time_point now, engine_output& out,
                engine_observer& observer);
   time_point dead_at() const;
+  time_point ping_due() const;
   std::uint32_t next_random();
 
   const engine_config* config_;
