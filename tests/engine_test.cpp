@@ -284,20 +284,22 @@ TEST_CASE("engine: PONG echoes the PING, goes ahead of data, and only our PINGs 
 
 TEST_CASE("engine: PINGs come after a jittered interval of sending nothing") {
   established_server s;
-  // Due in [0.9 I, 1.1 I] after the WELCOME.
+  // WELCOME is an answer: the server leaves the pinging to the client, due in [1.1 I, 1.2 I].
   auto due = s.engine.next_timeout();
-  CHECK(due >= t0 + 900ms);
-  CHECK(due <= t0 + 1100ms);
+  CHECK(due >= t0 + 1100ms);
+  CHECK(due <= t0 + 1200ms);
   s.engine.on_timeout(due - 1ns, s.out);
   CHECK(s.out.empty());
-  // Any frame sent postpones it: a PONG at 800 ms moves the next PING past 1.7 s.
+  // A PONG is an answer too: at 800 ms it moves the next PING to [1.9 s, 2.0 s].
   s.feed(wire::ping{1, 1}, t0 + 800ms);
   due = s.engine.next_timeout();
-  CHECK(due >= t0 + 800ms + 900ms);
+  CHECK(due >= t0 + 800ms + 1100ms);
+  CHECK(due <= t0 + 800ms + 1200ms);
   s.out.clear();
   s.engine.on_timeout(due, s.out);
   REQUIRE(frames_in(s.out.ordered).size() == 1);
-  // Jitter: over many PINGs the waits spread over the whole ±10% range.
+  // The client fell silent, so the server pings now, after waits jittered over the whole
+  // ±10% range (PONGs keep the client alive and are not answers from the server).
   std::chrono::milliseconds lowest = 10s, highest = 0s;
   auto now = due;
   for (int i = 0; i < 200; ++i) {
@@ -307,12 +309,30 @@ TEST_CASE("engine: PINGs come after a jittered interval of sending nothing") {
     lowest = std::min(lowest, wait);
     highest = std::max(highest, wait);
     now = next;
-    s.feed(wire::pong{1, 0}, now);  // keeps the peer alive
+    s.feed(wire::pong{1, 0}, now);
     s.engine.on_timeout(now, s.out);
   }
   CHECK(lowest >= 900ms);
   CHECK(highest <= 1100ms);
   CHECK(highest - lowest >= 150ms);
+}
+
+TEST_CASE("engine: a side that answers PINGs never pings while its peer does") {
+  // The client pings at the longest wait it may draw (1.1 I); each PONG pushes the
+  // server's own PING to at least 1.1 I later, so it never comes first.
+  established_server s;
+  auto now = t0;
+  for (int i = 0; i < 100; ++i) {
+    now += 1100ms;
+    REQUIRE(s.engine.next_timeout() >= now);
+    s.engine.on_timeout(now - 1ns, s.out);
+    CHECK(frames_in(s.out.ordered).empty());
+    s.feed(wire::ping{static_cast<std::uint64_t>(i + 1), 1}, now);
+    const auto sent = frames_in(s.out.urgent);
+    REQUIRE(sent.size() == 1);
+    CHECK(std::holds_alternative<wire::pong>(sent.front()));
+    s.out.clear();
+  }
 }
 
 TEST_CASE("engine: the fifth PING strike gets ERROR too_many_pings, not a PONG") {
@@ -519,10 +539,12 @@ TEST_CASE("engine: two engines wired together heartbeat for an hour without a ve
   }
   CHECK_FALSE(server.ended());
   CHECK_FALSE(client.ended());
-  // One PING and one PONG per interval, from whichever side's wait ran out first.
-  CHECK(frames_on_wire > 2 * 3600 * 9 / 10);
-  CHECK(frames_on_wire < 2 * 3600 * 12 / 10);
-  CHECK(sev.rtts.size() + cev.rtts.size() > 3000);
+  // One PING and one PONG per interval (the waits average I), all PINGs from the client:
+  // the server only answers.
+  CHECK(frames_on_wire > 2 * 3600 * 95 / 100);
+  CHECK(frames_on_wire < 2 * 3600 * 105 / 100);
+  CHECK(sev.rtts.empty());
+  CHECK(cev.rtts.size() > 3400);
   for (const auto rtt : cev.rtts)
     CHECK((rtt > 0ns && rtt <= 2 * latency));
 }
@@ -531,9 +553,9 @@ TEST_CASE("engine: with a coalescing grid PINGs fall due on it, within the allow
   int on_grid = 0;
   for (std::uint32_t seed = 1; seed <= 200; ++seed) {
     established_server s(1000, [](engine_config& c) { c.ping_coalesce = 16ms; }, seed);
-    const auto due = s.engine.next_timeout();
-    CHECK(due >= t0 + 900ms);
-    CHECK(due <= t0 + 1100ms);
+    const auto due = s.engine.next_timeout();  // after WELCOME: [1.1 I, 1.2 I]
+    CHECK(due >= t0 + 1100ms);
+    CHECK(due <= t0 + 1200ms);
     on_grid += due.time_since_epoch() % std::chrono::milliseconds(16) == 0ns ? 1 : 0;
     s.engine.on_timeout(due - 1ns, s.out);
     CHECK(s.out.empty());

@@ -10,6 +10,7 @@
 #include <sqlite3.h>
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
+#include <cmath>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -174,7 +175,12 @@ TEST_CASE("probe load holds 200 deadpeer clients and stores a load_runs row") {
   REQUIRE(run.exit_status == 0);
   check_clean_hold(run.report, 200);
   const auto& measured = run.report.at("server_process").as_object();
-  CHECK(json::value_to<double>(measured.at("bytes_per_connection")) > 0);
+  // The server was sampled before and after; 200 connections cost ~0.1 MB, within what the
+  // allocator returns to the system at any moment, so only the per-connection figure's
+  // presence is checked here (bench-scale measures it over 19,500).
+  CHECK(i64(measured.at("baseline").as_object(), "private_dirty_kb") > 0);
+  CHECK(i64(measured.at("settled").as_object(), "private_dirty_kb") > 0);
+  CHECK(std::isfinite(json::value_to<double>(measured.at("bytes_per_connection"))));
   CHECK(json::value_to<double>(measured.at("cpu_percent")) >= 0);
   CHECK(i64(measured, "leaked_fds") == 0);
   CHECK(i64(measured, "live_at_hold_end") == 200);

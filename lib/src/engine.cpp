@@ -216,9 +216,9 @@ time_point protocol_engine::ping_due() const {
   if (grid.count() <= 0) return due;
   const auto since_epoch = due.time_since_epoch();
   const auto rounded = time_point((since_epoch + grid - time_point::duration(1)) / grid * grid);
-  const auto latest =
-      last_sent_ + std::chrono::duration_cast<time_point::duration>(std::chrono::duration<double, std::milli>(
-                       static_cast<double>(interval_ms_) * (1.0 + config_->ping_jitter)));
+  const auto latest = last_sent_ + std::chrono::duration_cast<time_point::duration>(
+                                      std::chrono::duration<double, std::milli>(
+                                          static_cast<double>(interval_ms_) * ping_wait_factor(1.0)));
   return std::max(due, std::min(rounded, latest));
 }
 
@@ -433,15 +433,23 @@ void protocol_engine::emit(const wire::frame& frame, time_point now, std::vector
   wire::encode(frame, to);
   ++frames_sent_;
   last_sent_ = now;
+  last_sent_answered_ =
+      std::holds_alternative<wire::pong>(frame) || std::holds_alternative<wire::welcome>(frame);
   roll_ping_delay();
 }
 
+// §6: a new wait after every frame sent, uniform in [(1 - j) I, (1 + j) I]; after an
+// answer (PONG, WELCOME) in [(1 + j) I, (1 + 2j) I], which leaves the pinging to a peer
+// that pings: one exchange per interval instead of up to two.
+double protocol_engine::ping_wait_factor(double u) const {
+  const double j = config_->ping_jitter;
+  return last_sent_answered_ ? 1.0 + j + j * u : 1.0 - j + 2.0 * j * u;
+}
+
 void protocol_engine::roll_ping_delay() {
-  // §6: a new wait, uniform in [(1 - j) I, (1 + j) I], after every frame sent.
   const double u = static_cast<double>(next_random()) / 4294967296.0;
-  const double factor = 1.0 - config_->ping_jitter + 2.0 * config_->ping_jitter * u;
   ping_delay_us_ = static_cast<std::uint32_t>(
-      std::min(static_cast<double>(interval_ms_) * 1000.0 * factor, 4.0e9));
+      std::min(static_cast<double>(interval_ms_) * 1000.0 * ping_wait_factor(u), 4.0e9));
 }
 
 std::uint32_t protocol_engine::next_random() {

@@ -210,6 +210,7 @@ class protocol_engine {
                           engine_output& out, engine_observer& observer);
   void emit(const wire::frame& frame, time_point now, std::vector<std::byte>& to);
   void roll_ping_delay();
+  double ping_wait_factor(double uniform) const;
   void decide(deadpeer::cause why, deadpeer::detected_by by, close_mode mode, time_point now);
   void end_by_protocol(wire::error_code code, std::string text, time_point now,
                        engine_output& out,
@@ -244,6 +245,7 @@ class protocol_engine {
   close_mode end_mode_ = close_mode::plain;
   bool send_closed_ = false;
   bool peer_finished_ = false;
+  bool last_sent_answered_ = false;  ///< the last frame sent was a PONG or WELCOME
 };
 
 }  // namespace deadpeer
