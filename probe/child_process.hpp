@@ -1,6 +1,6 @@
 // A program run as a real child process (a victim, or a server under test), its stdout readable
 // line by line with a bounded wait, ended by its PID only (SIGKILL on destruction if still
-// running).
+// running, and by the kernel when probe dies), inheriting no descriptor but 0, 1 and 2.
 #pragma once
 
 #include <chrono>
@@ -13,6 +13,9 @@ namespace probe {
 class child_process {
  public:
   explicit child_process(const std::vector<std::string>& argv);
+  /// Stdout and stderr go to `log_path` (created or truncated) instead: for a program whose
+  /// output nobody reads line by line. read_line then returns nullopt.
+  child_process(const std::vector<std::string>& argv, const std::string& log_path);
   ~child_process();
   child_process(const child_process&) = delete;
   child_process& operator=(const child_process&) = delete;
@@ -30,6 +33,8 @@ class child_process {
   const std::string& output() const { return output_; }
 
  private:
+  void start(const std::vector<std::string>& argv, int output_fd, bool merge_stderr);
+
   int pid_ = -1;
   int stdout_fd_ = -1;
   bool reaped_ = false;

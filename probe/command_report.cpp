@@ -326,6 +326,8 @@ double nearest_rank(std::span<const double> sorted, unsigned percent) {
 }
 
 std::string describe_configuration(const trial_row& row) {
+  // A target's settings are its own: its command and the greeting say what was measured.
+  if (row.config_key.rfind("target=", 0) == 0) return row.config_key;
   std::string text = "ka=" + compact_keepalive(row.keepalive, row.user_timeout_ms);
   text += " hb=";
   if (row.heartbeat_interval_ms > 0) {

@@ -2,6 +2,7 @@
 // line. Options shared by run and sweep are described once here.
 #include "cli.hpp"
 #include "experiment.hpp"
+#include "greeting.hpp"
 #include "lab.hpp"
 
 #include <deadpeer/config_error.hpp>
@@ -170,11 +171,75 @@ void print_next_steps(const experiment_config& c, std::int64_t run_id) {
            "  probe run --fault hang --heartbeat 200ms --dead-after 600ms\n";
 }
 
+// Target mode: a server probe did not write.
+void add_target_options(po::options_description& o) {
+  o.add_options()  //
+      ("target-cmd", po::value<std::string>()->value_name("COMMAND"),
+       "measure this server instead of deadpeer's: probe starts COMMAND (sh -c) inside the "
+       "lab's server namespace, waits for --target-port, and stops it at the end; every fault "
+       "applies")  //
+      ("target-port", po::value<unsigned short>()->value_name("PORT"),
+       "the port --target-cmd listens on")  //
+      ("target", po::value<std::string>()->value_name("HOST:PORT"),
+       "measure a server already listening on a loopback address (crash and hang only: network "
+       "faults need the server inside the lab, use --target-cmd)")  //
+      ("greeting", po::value<std::string>()->default_value("raw")->value_name("SPEC"),
+       "what the victim says to the target before the fault: raw (connect only), send:TEXT, "
+       "mqtt:keepalive=D, http[:interval=D], redis[:interval=D] (probe speak --help)");
+}
+
+std::optional<target_settings> target_from(const po::variables_map& vm) {
+  const bool by_command = vm.count("target-cmd") != 0, by_address = vm.count("target") != 0;
+  if (!by_command && !by_address) {
+    if (vm.count("target-port") != 0) throw usage_error("--target-port goes with --target-cmd");
+    if (!vm["greeting"].defaulted()) throw usage_error("--greeting goes with --target-cmd or --target");
+    return std::nullopt;
+  }
+  if (by_command && by_address)
+    throw usage_error("give --target-cmd (probe starts the server) or --target (it already "
+                      "listens), not both");
+  if (vm.count("server") != 0)
+    throw usage_error("--server is deadpeer's heartbeat-server; for another server use "
+                      "--target-cmd or --target alone");
+  for (const char* deadpeer_only : {"keepalive", "user-timeout", "dead-after", "control-port"})
+    if (vm.count(deadpeer_only) != 0)
+      throw usage_error(std::string("--") + deadpeer_only +
+                        " sets deadpeer's server; a target keeps its own settings, which is "
+                        "what target mode measures");
+  if (!vm["heartbeat"].defaulted() || !vm["detector"].defaulted())
+    throw usage_error("--heartbeat and --detector set deadpeer's protocol; a target speaks "
+                      "its own (choose it with --greeting)");
+  target_settings t;
+  t.greeting = vm["greeting"].as<std::string>();
+  (void)greeting::parse(t.greeting);
+  if (by_command) {
+    t.command = vm["target-cmd"].as<std::string>();
+    if (t.command.find_first_not_of(" \t") == std::string::npos)
+      throw usage_error("--target-cmd is empty");
+    if (vm.count("target-port") == 0 || vm["target-port"].as<unsigned short>() == 0)
+      throw usage_error("--target-cmd needs --target-port PORT (where the command listens)");
+    t.port = vm["target-port"].as<unsigned short>();
+  } else {
+    if (vm.count("target-port") != 0)
+      throw usage_error("--target HOST:PORT already names the port; drop --target-port");
+    t.address = deadpeer::parse_endpoint(vm["target"].as<std::string>());
+    if (!t.address->address().is_loopback())
+      throw usage_error("--target " + vm["target"].as<std::string>() +
+                        ": probe sends its faults' traffic to loopback only (127.0.0.0/8, ::1); "
+                        "for another server use --target-cmd, which runs it inside the lab");
+  }
+  return t;
+}
+
 }  // namespace
 
 int command_run(const std::vector<std::string>& args) {
   po::options_description options("Options (durations take a unit: 250ms, 1.5s, 30s)");
   add_experiment_options(options, false);
+  po::options_description target_options(
+      "Target mode: how long a server you did not write holds a dead client");
+  add_target_options(target_options);
+  options.add(target_options);
   po::variables_map vm;
   if (!parse_command_line(args, options, {},
                           "Usage: probe run [--fault crash] [--trials 5] [--heartbeat 500ms] "
@@ -187,6 +252,7 @@ int command_run(const std::vector<std::string>& args) {
                           vm, std::cout))
     return exit_ok;
   auto config = base_config(vm);
+  config.target = target_from(vm);
   config.heartbeat = parse_heartbeat(vm["heartbeat"].as<std::string>());
   if (vm.count("keepalive") != 0)
     config.keepalive = deadpeer::parse_keepalive(vm["keepalive"].as<std::string>());
@@ -194,13 +260,19 @@ int command_run(const std::vector<std::string>& args) {
     if (config.heartbeat && config.effective_dead_after() <= *config.heartbeat)
       throw usage_error("--dead-after must be longer than the heartbeat interval");
 
-  if (find_fault(config.fault).needs_lab && lab::unavailable_reason())
+  if ((find_fault(config.fault).needs_lab || (config.target && !config.target->command.empty())) &&
+      lab::unavailable_reason())
     run_again_in_user_namespace("run", args);
   install_interrupt_handler();
   std::ostream& progress_out = config.json ? std::cerr : std::cout;
   const auto bound = config.bound();
   progress_out << config.fault << ": " << config.trials << " trials, " << config.config_key()
-               << ", bound " << (bound ? deadpeer::format_duration(*bound) : "none") << "\n";
+               << ", bound "
+               << (bound ? deadpeer::format_duration(*bound)
+                         : config.target ? "none (the target's own settings are what is measured)"
+                                         : "none")
+               << (config.target ? ", limit " + deadpeer::format_duration(config.hard_limit()) : "")
+               << "\n";
   const auto run_id =
       begin_run(config.db, command_line("run", args), json::serialize(config_json(vm)));
   json::array out;

@@ -8,6 +8,7 @@
 #include "cli.hpp"
 #include "http_client.hpp"
 #include "lab.hpp"
+#include "target.hpp"
 
 #include <deadpeer/cause.hpp>
 #include <deadpeer/clock.hpp>
@@ -48,14 +49,8 @@ using tcp = asio::ip::tcp;
 std::atomic<bool> interrupt_flag{false};
 
 constexpr milliseconds embedded_reap_interval{100};
-constexpr milliseconds kernel_notice_bound{20};  // FIN/RST on loopback: RTT + scheduling
-
-std::string self_executable() {
-  std::error_code ec;
-  const auto path = fs::read_symlink("/proc/self/exe", ec);
-  if (ec) throw std::runtime_error("cannot find the probe executable: " + ec.message());
-  return path.string();
-}
+constexpr milliseconds kernel_notice_bound{20};
+constexpr milliseconds target_default_limit{60'000};  // FIN/RST on loopback: RTT + scheduling
 
 // An embedded heartbeat-server on its own io_context thread.
 class embedded_server {
@@ -200,6 +195,13 @@ void set_note(trial_result& r, const std::string& text) {
 
 }  // namespace
 
+std::string self_executable() {
+  std::error_code ec;
+  const auto path = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) throw std::runtime_error("cannot find the probe executable: " + ec.message());
+  return path.string();
+}
+
 const std::vector<fault_kind>& fault_kinds() {
   static const std::vector<fault_kind> kinds{
       {"crash", "SIGKILL the victim: its kernel sends FIN", false, false, false},
@@ -250,6 +252,11 @@ milliseconds experiment_config::effective_dead_after() const {
 }
 
 std::string experiment_config::config_key() const {
+  if (target)
+    return "target=" + (target->command.empty() ? target->address->address().to_string() + ":" +
+                                                      std::to_string(target->address->port())
+                                                : target->command) +
+           " greeting=" + target->greeting;
   std::string key = "keepalive=" + (keepalive ? deadpeer::to_string(*keepalive) : "system");
   key += " user_timeout=" + (user_timeout ? deadpeer::format_duration(*user_timeout) : "none");
   key += " heartbeat=" + (heartbeat ? deadpeer::format_duration(*heartbeat) : "off");
@@ -279,6 +286,7 @@ std::string experiment_config::detector_description() const {
 }
 
 std::optional<milliseconds> experiment_config::bound() const {
+  if (target) return std::nullopt;  // its settings are what is being found out
   const auto defaults = deadpeer::read_kernel_defaults();
   const auto k =
       deadpeer::resolve(server_keepalive().value_or(deadpeer::keepalive_options{}), defaults);
@@ -314,6 +322,7 @@ std::optional<milliseconds> experiment_config::bound() const {
 
 milliseconds experiment_config::hard_limit() const {
   if (limit) return *limit;
+  if (target) return target_default_limit;
   const auto b = bound();
   if (!b) return milliseconds(10'000);
   return std::min(*b * 3 + milliseconds(10'000), milliseconds(300'000));
@@ -387,8 +396,6 @@ int stored_trials(const std::string& db, const std::string& config_key, const st
   return count;
 }
 
-namespace {
-
 void store_trial(deadpeer::event_store& store, const experiment_config& config, std::int64_t run_id,
                  const trial_result& r, std::int64_t t0, std::int64_t detected_ns,
                  const std::string& detector_text) {
@@ -398,8 +405,10 @@ void store_trial(deadpeer::event_store& store, const experiment_config& config, 
   t.trial = r.trial;
   t.fault = config.fault;
   t.config_key = config.config_key();
-  t.keepalive = config.keepalive ? deadpeer::to_string(*config.keepalive) : "system";
-  t.heartbeat_interval_ms = config.heartbeat ? config.heartbeat->count() : 0;
+  t.keepalive = config.target      ? "target"
+                : config.keepalive ? deadpeer::to_string(*config.keepalive)
+                                   : "system";
+  t.heartbeat_interval_ms = config.heartbeat && !config.target ? config.heartbeat->count() : 0;
   t.detector = detector_text;
   t.user_timeout_ms = config.user_timeout ? config.user_timeout->count() : 0;
   t.bound_ms = bound ? bound->count() : -1;
@@ -415,6 +424,8 @@ void store_trial(deadpeer::event_store& store, const experiment_config& config, 
   t.note = r.note;
   store.record(std::move(t));
 }
+
+namespace {
 
 // A heartbeat client (`probe connect`) as a child process, in the victim namespace when
 // there is a lab, returned once steady: connected and, with heartbeats, two heartbeats
@@ -550,6 +561,8 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
     throw usage_error(
         "--fault half-close needs a server started with --on-eof reap; measure it "
         "with the embedded server (drop --server)");
+
+  if (config.target) return run_target_experiment(config, run_id, first_trial, progress);
 
   std::unique_ptr<lab::network> network;
   if (fault.needs_lab) {

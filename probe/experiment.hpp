@@ -10,6 +10,7 @@
 
 #include <deadpeer/detector.hpp>
 #include <deadpeer/keepalive.hpp>
+#include <deadpeer/store.hpp>
 
 #include <boost/asio/ip/tcp.hpp>
 
@@ -32,6 +33,14 @@ struct fault_kind {
 const std::vector<fault_kind>& fault_kinds();
 const fault_kind& find_fault(std::string_view name);  // throws usage_error
 
+/// Target mode: a server we did not write, measured from outside (sock_diag).
+struct target_settings {
+  std::string command;  ///< --target-cmd: started by probe in the lab's server namespace
+  std::optional<boost::asio::ip::tcp::endpoint> address;  ///< --target: already listening
+  unsigned short port = 0;  ///< --target-port: where --target-cmd listens
+  std::string greeting = "raw";  ///< what the victim says (greeting.hpp)
+};
+
 struct experiment_config {
   std::string fault = "crash";
   int trials = 5;
@@ -44,6 +53,7 @@ struct experiment_config {
   std::optional<boost::asio::ip::tcp::endpoint> server;  ///< external; else embedded
   std::optional<unsigned short> server_control_port;     ///< its control API port
   std::optional<std::chrono::milliseconds> limit;        ///< per-trial hard limit
+  std::optional<target_settings> target;                ///< measure this instead of deadpeer
   std::string db = "results.db";
   bool json = false;
 
@@ -91,6 +101,14 @@ int stored_trials(const std::string& db, const std::string& config_key, const st
 /// describes). Returns only when that is not possible (already tried, or no unshare);
 /// the caller then reports why the lab is unavailable.
 void run_again_in_user_namespace(const std::string& command, const std::vector<std::string>& args);
+
+/// Stores one trial (the settings, the fault instant and the detection instant).
+void store_trial(deadpeer::event_store& store, const experiment_config& config, std::int64_t run_id,
+                 const trial_result& r, std::int64_t t0, std::int64_t detected_ns,
+                 const std::string& detector_text);
+
+/// This program's own path (to run it again as a victim).
+std::string self_executable();
 
 /// True once SIGINT or SIGTERM arrived; experiments stop between steps and clean up.
 bool interrupted();

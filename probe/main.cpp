@@ -28,6 +28,12 @@ Commands:
   connect   run a heartbeat client against a heartbeat-server: RTT and why it ended
   load      hold thousands of heartbeating clients (deadpeer or MQTT) against a server on
             this host: handshake rate, RTT, verdicts, the server's memory and CPU each
+  speak     hold one connection to any TCP server as a client would (raw, text, MQTT,
+            HTTP, Redis) and print what happens; the victim of target mode
+
+Target mode (a server you did not write, e.g. an MQTT broker):
+  probe run --fault cable-pull --target-cmd "mosquitto -c my.conf" --target-port 1883 \
+            --greeting mqtt:keepalive=5s
 
 Durations take a unit: 250ms, 1.5s, 30s, 5m, 2h.
 Keepalive settings are written idle:interval:count[:user_timeout], e.g. 60s:10s:5.
@@ -42,7 +48,7 @@ int main(int argc, char** argv) {
       {"presets", probe::command_presets}, {"explain", probe::command_explain},
       {"connect", probe::command_connect}, {"run", probe::command_run},
       {"sweep", probe::command_sweep},     {"report", probe::command_report},
-      {"load", probe::command_load},
+      {"load", probe::command_load},       {"speak", probe::command_speak},
   };
   std::vector<std::string> args(argv + 1, argv + argc);
   // The experiment users run first: probe --simulate-crash [options] = probe run --fault crash.

@@ -1,0 +1,270 @@
+#include "target.hpp"
+
+#include "child_process.hpp"
+#include "cli.hpp"
+#include "greeting.hpp"
+#include "lab.hpp"
+
+#include <deadpeer/clock.hpp>
+#include <deadpeer/duration.hpp>
+#include <deadpeer/endpoint.hpp>
+#include <deadpeer/sock_diag.hpp>
+#include <deadpeer/store.hpp>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace probe {
+namespace {
+
+namespace fs = std::filesystem;
+using std::chrono::milliseconds;
+using tcp = boost::asio::ip::tcp;
+
+constexpr milliseconds poll_period{1};
+constexpr milliseconds start_timeout{10'000};
+
+bool lab_fault(const std::string& fault) {
+  return fault == "cable-pull" || fault == "link-down" || fault == "reboot";
+}
+
+std::string endpoint_text(const tcp::endpoint& e) {
+  const auto a = e.address().to_string();
+  return (e.address().is_v6() ? "[" + a + "]" : a) + ":" + std::to_string(e.port());
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+std::string tail_of(const fs::path& log, std::size_t max_chars = 600) {
+  std::ifstream in(log);
+  std::stringstream text;
+  text << in.rdbuf();
+  auto s = text.str();
+  if (s.size() > max_chars) s = "..." + s.substr(s.size() - max_chars);
+  return s.empty() ? "(nothing)" : s;
+}
+
+// The target's process: started in the server namespace, its output in a log file (a
+// pipe nobody reads would stop a chatty target), stopped on every exit path.
+class target_process {
+ public:
+  target_process(const lab::network& network, const std::string& command, unsigned short port,
+                 deadpeer::sock_diag& diag)
+      : log_(fs::temp_directory_path() /
+             ("deadpeer-target-" + std::to_string(::getpid()) + ".log")) {
+    auto argv = network.server_exec_prefix();
+    // exec: the target itself is probe's child, so it dies with probe (parent-death signal).
+    argv.insert(argv.end(), {"sh", "-c", "exec " + command});
+    process_ = std::make_unique<child_process>(argv, log_.string());
+    const auto until = std::chrono::steady_clock::now() + start_timeout;
+    for (;;) {
+      const auto sockets = diag.list();
+      if (std::any_of(sockets.begin(), sockets.end(), [&](const deadpeer::socket_entry& s) {
+            return s.state == deadpeer::tcp_state::listen && s.local.port() == port;
+          }))
+        return;
+      if (const auto status = process_->wait(milliseconds(0)))
+        throw std::runtime_error("the target command exited before listening on port " +
+                                 std::to_string(port) + " (status " + std::to_string(*status) +
+                                 "); it wrote: " + tail_of(log_));
+      if (std::chrono::steady_clock::now() > until)
+        throw std::runtime_error("the target command did not listen on port " +
+                                 std::to_string(port) + " within " +
+                                 deadpeer::format_duration(start_timeout) +
+                                 " (inside the lab's server namespace; is --target-port right?); "
+                                 "it wrote: " +
+                                 tail_of(log_));
+      std::this_thread::sleep_for(milliseconds(20));
+    }
+  }
+  ~target_process() {
+    process_->signal(SIGTERM);
+    if (!process_->wait(milliseconds(3000))) process_->signal(SIGKILL);
+    (void)process_->wait(milliseconds(3000));
+    std::error_code ignored;
+    fs::remove(log_, ignored);
+  }
+  target_process(const target_process&) = delete;
+  target_process& operator=(const target_process&) = delete;
+
+ private:
+  fs::path log_;
+  std::unique_ptr<child_process> process_;
+};
+
+std::string missed_note(const std::optional<deadpeer::socket_entry>& last, std::int64_t close_wait_ns,
+                        std::int64_t now_ns) {
+  using deadpeer::socket_timer;
+  if (!last) return "";
+  if (last->state == deadpeer::tcp_state::close_wait)
+    return "CLOSE_WAIT for " +
+           deadpeer::format_duration(milliseconds((now_ns - close_wait_ns) / 1'000'000)) +
+           ": the victim's FIN arrived and the target never closed its socket (a leak in the "
+           "target)";
+  switch (last->timer) {
+    case socket_timer::keepalive:
+      return "the target's socket has keepalive on (next probe in " +
+             deadpeer::format_duration(last->timer_expires) +
+             "): its kernel ends it later than the limit";
+    case socket_timer::retransmit:
+      return "the target is retransmitting to the victim (" + std::to_string(last->retransmits) +
+             " so far): its kernel gives up after tcp_retries2 or its TCP_USER_TIMEOUT";
+    default:
+      return "the target's socket has no keepalive timer and nothing in flight: the target "
+             "has no keepalive of its own, and nothing on its side will ever notice this peer "
+             "is gone";
+  }
+}
+
+}  // namespace
+
+std::vector<trial_result> run_target_experiment(const experiment_config& config,
+                                                std::int64_t run_id, int first_trial,
+                                                const trial_callback& progress) {
+  const auto& t = *config.target;
+  if (config.fault != "crash" && config.fault != "hang" && !lab_fault(config.fault))
+    throw usage_error("--fault " + config.fault +
+                      " does not apply to a target (target mode: crash, hang, cable-pull, "
+                      "link-down, reboot)");
+  const auto greet = greeting::parse(t.greeting);
+  if (t.command.empty() && lab_fault(config.fault))
+    throw usage_error("--fault " + config.fault +
+                      " acts on the lab's network, and a --target that is already listening is "
+                      "outside it: give the command that starts the server (--target-cmd "
+                      "\"...\" --target-port PORT) so probe runs it inside the lab");
+
+  std::unique_ptr<lab::network> network;
+  if (!t.command.empty()) {
+    if (const auto why = lab::unavailable_reason())
+      throw std::runtime_error("--target-cmd runs the target inside the network lab: " + *why);
+    network = std::make_unique<lab::network>();
+  }
+  // The observer lives in the target's network namespace.
+  std::unique_ptr<deadpeer::sock_diag> diag;
+  auto make_diag = [&] { diag = std::make_unique<deadpeer::sock_diag>(); };
+  if (network)
+    network->in_server_ns(make_diag);
+  else
+    make_diag();
+
+  const tcp::endpoint target_endpoint =
+      network ? tcp::endpoint(boost::asio::ip::make_address(network->topo().server_addr), t.port)
+              : *t.address;
+  std::unique_ptr<target_process> target;
+  if (network) target = std::make_unique<target_process>(*network, t.command, t.port, *diag);
+
+  deadpeer::event_store store({.path = config.db});
+  const auto limit = config.hard_limit();
+  const auto probe_path = self_executable();
+  const auto answer_wait = greet.interval * 2 + milliseconds(10'000);
+  std::vector<trial_result> results;
+  for (int i = 0; i < config.trials && !interrupted(); ++i) {
+    trial_result r;
+    r.trial = first_trial + i;
+    std::vector<std::string> argv = network ? network->victim_exec_prefix() : std::vector<std::string>{};
+    argv.insert(argv.end(), {probe_path, "speak", "--server", endpoint_text(target_endpoint),
+                             "--greeting", t.greeting, "--id",
+                             "deadpeer-probe-" + std::to_string(::getpid()) + "-" +
+                                 std::to_string(r.trial)});
+    child_process victim(argv);
+    const auto connected = victim.wait_for_line("connected local=", milliseconds(10'000));
+    if (!connected)
+      throw std::runtime_error("the victim could not connect to the target at " +
+                               endpoint_text(target_endpoint) + ": " + victim.output());
+    const auto local_text = connected->substr(connected->find("local=") + 6);
+    const auto victim_endpoint =
+        deadpeer::parse_endpoint(local_text.substr(0, local_text.find(' ')));
+    if (!victim.wait_for_line("ready", answer_wait) ||
+        (greet.periodic() && !victim.wait_for_line("exchange", answer_wait)))
+      throw std::runtime_error("the target did not answer the greeting " + t.greeting +
+                               "; the victim printed: " + victim.output());
+    const auto before = diag->find(target_endpoint, victim_endpoint);
+    if (!before || before->state != deadpeer::tcp_state::established)
+      throw std::runtime_error("the target holds no ESTABLISHED socket for the victim " +
+                               endpoint_text(victim_endpoint) + " (sock_diag)");
+
+    const auto t0 = deadpeer::monotonic_ns();
+    if (config.fault == "crash") {
+      victim.signal(SIGKILL);
+    } else if (config.fault == "hang") {
+      victim.signal(SIGSTOP);
+    } else if (config.fault == "cable-pull") {
+      network->cable_pull();
+    } else if (config.fault == "link-down") {
+      network->link_down();
+    } else if (config.fault == "reboot") {
+      network->cable_pull();
+      network->destroy_victim_sockets();
+      victim.signal(SIGKILL);
+      (void)victim.wait(milliseconds(5000));
+      network->cable_heal();
+    }
+
+    // Poll the target's socket until it is gone or the target has closed it.
+    const auto deadline = t0 + limit.count() * 1'000'000;
+    std::optional<deadpeer::socket_entry> last = before;
+    std::int64_t close_wait_ns = 0, detected_ns = 0;
+    std::string left_in;
+    while (!interrupted()) {
+      const auto now = deadpeer::monotonic_ns();
+      const auto s = diag->find(target_endpoint, victim_endpoint);
+      if (!s) {
+        left_in = "CLOSED";
+      } else if (s->state == deadpeer::tcp_state::close_wait) {
+        if (close_wait_ns == 0) close_wait_ns = now;
+      } else if (s->state != deadpeer::tcp_state::established) {
+        left_in = std::string(deadpeer::to_string(s->state));
+      }
+      if (!left_in.empty()) {
+        detected_ns = now;
+        break;
+      }
+      last = s;
+      if (now > deadline) break;
+      std::this_thread::sleep_for(poll_period);
+    }
+    if (detected_ns != 0) {
+      r.outcome = "detected";
+      r.latency_ms = static_cast<double>(detected_ns - t0) / 1e6;
+      r.detected_by = "target_close";
+      r.cause = lower(left_in);
+      r.note = left_in == "CLOSED"
+                   ? "the target's socket is gone (closed and answered, or reset)"
+                   : "the target's socket left ESTABLISHED for " + left_in;
+      if (close_wait_ns != 0)
+        r.note += "; CLOSE_WAIT for " +
+                  std::to_string((detected_ns - close_wait_ns) / 1'000'000) +
+                  " ms first (the victim's FIN arrived, then the target closed)";
+    } else {
+      r.outcome = "missed";
+      r.note = interrupted() ? "interrupted"
+                             : "not detected within " + deadpeer::format_duration(limit) + "; " +
+                                   missed_note(last, close_wait_ns, deadpeer::monotonic_ns());
+    }
+    if (network) {
+      network->cable_heal();
+      network->link_up();
+    }
+    victim.signal(SIGKILL);
+    (void)victim.wait(milliseconds(5000));
+    store_trial(store, config, run_id, r, t0, detected_ns, "");
+    if (progress) progress(config, r);
+    results.push_back(std::move(r));
+  }
+  store.flush();
+  return results;
+}
+
+}  // namespace probe
