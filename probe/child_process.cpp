@@ -35,7 +35,16 @@ std::string resolve(const std::string& program) {
   return program;
 }
 
+std::atomic<const std::atomic<bool>*> stop_flag{nullptr};
+
+bool told_to_stop() {
+  const auto* flag = stop_flag.load();
+  return flag != nullptr && flag->load();
+}
+
 }  // namespace
+
+void child_process::stop_waiting_when(const std::atomic<bool>* flag) { stop_flag.store(flag); }
 
 // fork + execve rather than posix_spawn, for two things posix_spawn cannot do:
 // - PR_SET_PDEATHSIG: the child is killed when probe dies, even by SIGKILL, so no victim
@@ -125,6 +134,7 @@ child_process::~child_process() {
 }
 
 std::optional<std::string> child_process::read_line(std::chrono::milliseconds timeout) {
+  if (stdout_fd_ < 0) return std::nullopt;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     if (const auto newline = buffer_.find('\n'); newline != std::string::npos) {
@@ -134,10 +144,12 @@ std::optional<std::string> child_process::read_line(std::chrono::milliseconds ti
     }
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) return std::nullopt;
+    if (left.count() <= 0 || told_to_stop()) return std::nullopt;
     pollfd p{.fd = stdout_fd_, .events = POLLIN, .revents = 0};
-    const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
-    if (ready < 0 && errno == EINTR) continue;
+    // Wakes every 100 ms to see a stop request: signals here are handled with SA_RESTART
+    // and may arrive on another thread, so poll() is not reliably interrupted.
+    const int ready = ::poll(&p, 1, static_cast<int>(std::min<long long>(left.count(), 100)));
+    if (ready == 0 || (ready < 0 && errno == EINTR)) continue;
     if (ready <= 0) return std::nullopt;
     char chunk[4096];
     const auto n = ::read(stdout_fd_, chunk, sizeof chunk);

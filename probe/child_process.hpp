@@ -3,6 +3,7 @@
 // running, and by the kernel when probe dies), inheriting no descriptor but 0, 1 and 2.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <optional>
 #include <string>
@@ -29,6 +30,9 @@ class child_process {
   void signal(int sig);
   /// Waits for exit; the raw waitpid status, or nullopt if still running after `timeout`.
   std::optional<int> wait(std::chrono::milliseconds timeout);
+  /// From now on every wait of every child_process returns at once (nullopt) once `*flag`
+  /// is true: a Ctrl-C stops a wait for a victim's line instead of sitting out its timeout.
+  static void stop_waiting_when(const std::atomic<bool>* flag);
   /// Everything read from stdout so far.
   const std::string& output() const { return output_; }
 

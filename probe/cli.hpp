@@ -17,6 +17,8 @@ namespace probe {
 inline constexpr int exit_ok = 0;
 inline constexpr int exit_negative = 1;
 inline constexpr int exit_usage = 2;
+/// Stopped by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
+inline constexpr int exit_interrupted = 130;
 
 /// A command line the program cannot run; main prints it and exits with exit_usage.
 class usage_error : public std::runtime_error {

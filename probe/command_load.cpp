@@ -12,6 +12,7 @@
 #include <deadpeer/clock.hpp>
 #include <deadpeer/config_error.hpp>
 #include <deadpeer/duration.hpp>
+#include <deadpeer/store.hpp>
 #include <deadpeer/endpoint.hpp>
 
 #include <sqlite3.h>
@@ -48,7 +49,6 @@ namespace po = boost::program_options;
 namespace json = boost::json;
 using std::chrono::milliseconds;
 
-constexpr int exit_interrupted = 130;
 // Descriptors a process keeps for itself: stdio, epoll, signalfd, pipes, the database.
 constexpr rlim_t fd_reserve = 64;
 constexpr std::int64_t progress_period_ns = 1'000'000'000;
@@ -924,9 +924,10 @@ class database {
     sqlite3_stmt* version = prepare("PRAGMA user_version");
     const int schema = sqlite3_step(version) == SQLITE_ROW ? sqlite3_column_int(version, 0) : 0;
     sqlite3_finalize(version);
-    if (schema > 1)
+    if (schema > deadpeer::store_schema_version)
       throw std::runtime_error(path + " was written by a newer deadpeer (schema " +
-                               std::to_string(schema) + ", this build knows 1)");
+                               std::to_string(schema) + ", this build knows " +
+                               std::to_string(deadpeer::store_schema_version) + ")");
     exec(load_runs_schema);
   }
   ~database() { sqlite3_close(db_); }

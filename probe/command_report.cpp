@@ -342,6 +342,10 @@ std::string describe_configuration(const trial_row& row) {
   return text;
 }
 
+bool wire_disagrees(double wire_gap_ms, double latency_ms) {
+  return std::abs(wire_gap_ms) > std::max(5.0, 0.02 * std::abs(latency_ms));
+}
+
 std::vector<summary_row> summarize(const std::vector<trial_row>& rows) {
   struct group {
     summary_row summary;
@@ -351,6 +355,8 @@ std::vector<summary_row> summarize(const std::vector<trial_row>& rows) {
   std::vector<group> groups;
   std::map<std::pair<std::string, std::string>, std::size_t> index;
   for (const auto& row : rows) {
+    // A trial cut short by Ctrl-C measured nothing: not a trial, not a failure.
+    if (row.outcome == "interrupted") continue;
     const auto [found, added] = index.try_emplace({row.fault, row.config_key}, groups.size());
     if (added) {
       summary_row s;
@@ -372,6 +378,10 @@ std::vector<summary_row> summarize(const std::vector<trial_row>& rows) {
     if (row.outcome == "detected") {
       ++s.detected;
       if (row.latency_ms) g.latencies.push_back(*row.latency_ms);
+      if (row.wire_gap_ms && row.latency_ms) {
+        ++s.wire_seen;
+        if (wire_disagrees(*row.wire_gap_ms, *row.latency_ms)) ++s.wire_disagree;
+      }
       ++g.layers[row.detected_by.empty() ? std::string("unknown") : row.detected_by];
     } else if (row.outcome == "missed") {
       ++s.missed;
@@ -424,9 +434,9 @@ std::string format_latency(double ms) {
 std::string format_table(const std::vector<summary_row>& rows) {
   const std::vector<std::string> header{"fault",       "configuration", "n",     "p50",
                                         "p95",         "max",           "bound", "max/bound",
-                                        "detected_by", "failures"};
+                                        "detected_by", "failures",      "wire_diff"};
   // Numbers are right-aligned, words left-aligned.
-  const std::vector<bool> right{false, false, true, true, true, true, true, true, false, true};
+  const std::vector<bool> right{false, false, true, true, true, true, true, true, false, true, true};
   auto latency = [](const std::optional<double>& ms) {
     return ms ? format_latency(*ms) : std::string("-");
   };
@@ -436,7 +446,10 @@ std::string format_table(const std::vector<summary_row>& rows) {
                      latency(r.p95_ms), latency(r.max_ms),
                      r.bound_ms ? format_latency(static_cast<double>(*r.bound_ms)) : "none",
                      r.max_over_bound ? format_ratio(*r.max_over_bound) : "-",
-                     r.detected_by.empty() ? "-" : r.detected_by, std::to_string(r.failures())});
+                     r.detected_by.empty() ? "-" : r.detected_by, std::to_string(r.failures()),
+                     r.wire_seen == 0 ? "-"
+                                      : std::to_string(r.wire_disagree) + "/" +
+                                            std::to_string(r.wire_seen)});
   std::vector<std::size_t> width(header.size(), 0);
   for (const auto& line : cells)
     for (std::size_t c = 0; c < line.size(); ++c)
@@ -471,7 +484,7 @@ std::string format_csv(const std::vector<summary_row>& rows) {
   std::string out =
       "fault,configuration,n,p50_ms,p95_ms,max_ms,bound_ms,max_over_bound,detected_by,failures,"
       "detected,missed,premature,config_key,keepalive,heartbeat_interval_ms,detector,"
-      "user_timeout_ms\r\n";
+      "user_timeout_ms,wire_seen,wire_disagree\r\n";
   for (const auto& r : rows) {
     const std::vector<std::string> fields{csv_field(r.fault),
                                           csv_field(r.configuration),
@@ -490,7 +503,9 @@ std::string format_csv(const std::vector<summary_row>& rows) {
                                           csv_field(r.keepalive),
                                           std::to_string(r.heartbeat_interval_ms),
                                           csv_field(r.detector),
-                                          std::to_string(r.user_timeout_ms)};
+                                          std::to_string(r.user_timeout_ms),
+                                          std::to_string(r.wire_seen),
+                                          std::to_string(r.wire_disagree)};
     for (std::size_t i = 0; i < fields.size(); ++i)
       out += (i > 0 ? "," : "") + fields[i];
     out += "\r\n";
@@ -524,6 +539,8 @@ std::string format_json(const std::vector<summary_row>& rows) {
     o["heartbeat_interval_ms"] = r.heartbeat_interval_ms;
     o["detector"] = r.detector;
     o["user_timeout_ms"] = r.user_timeout_ms;
+    o["wire_seen"] = count(r.wire_seen);
+    o["wire_disagree"] = count(r.wire_disagree);
     array.push_back(std::move(o));
   }
   std::string out;
@@ -582,16 +599,17 @@ std::vector<trial_row> load_trials(const std::string& path, const run_selection&
       break;
   }
 
-  const auto s = prepare(db.get(), path,
-                         selection.which == run_selection::kind::all
-                             ? "SELECT run_id, fault, config_key, keepalive, "
-                               "heartbeat_interval_ms, detector, user_timeout_ms, bound_ms, "
-                               "latency_ms, latency_ms_exact, detected_by, outcome FROM trials "
-                               "ORDER BY id"
-                             : "SELECT run_id, fault, config_key, keepalive, "
-                               "heartbeat_interval_ms, detector, user_timeout_ms, bound_ms, "
-                               "latency_ms, latency_ms_exact, detected_by, outcome FROM trials "
-                               "WHERE run_id = ? ORDER BY id");
+  // Schema 1 files (read-only here, so not upgraded) have no wire columns: 0 stands in.
+  const bool has_wire = query_integer(db.get(), path,
+                                      "SELECT count(*) FROM pragma_table_info('trials') "
+                                      "WHERE name = 'wire_mono_ns'") == 1;
+  const std::string query =
+      std::string("SELECT run_id, fault, config_key, keepalive, heartbeat_interval_ms, detector, "
+                  "user_timeout_ms, bound_ms, latency_ms, latency_ms_exact, detected_by, "
+                  "outcome, detected_mono_ns, ") +
+      (has_wire ? "wire_mono_ns" : "0") + " FROM trials " +
+      (selection.which == run_selection::kind::all ? "" : "WHERE run_id = ? ") + "ORDER BY id";
+  const auto s = prepare(db.get(), path, query.c_str());
   if (selection.which != run_selection::kind::all) sqlite3_bind_int64(s.get(), 1, run_id);
 
   std::vector<trial_row> rows;
@@ -613,6 +631,9 @@ std::vector<trial_row> load_trials(const std::string& path, const run_selection&
     if (latency >= 0) r.latency_ms = latency;
     r.detected_by = column_text(s.get(), 10);
     r.outcome = column_text(s.get(), 11);
+    const auto decided_ns = sqlite3_column_int64(s.get(), 12);
+    const auto wire_ns = sqlite3_column_int64(s.get(), 13);
+    if (decided_ns > 0 && wire_ns > 0) r.wire_gap_ms = static_cast<double>(wire_ns - decided_ns) / 1e6;
     rows.push_back(std::move(r));
   }
   if (step != SQLITE_DONE)
@@ -785,8 +806,10 @@ int command_report(const std::vector<std::string>& args) {
           "number of trials n; p50, p95 and max detection latency over the detected trials\n"
           "(nearest-rank percentiles: always a measured value); the bound the settings\n"
           "promise (none: no finite bound) and max/bound; the layers that detected the\n"
-          "fault, most common first (eof+reset: both did); and failures, the trials that\n"
-          "missed the fault or declared the peer dead too early.",
+          "fault, most common first (eof+reset: both did); failures, the trials that\n"
+          "missed the fault or declared the peer dead too early; and wire_diff, of the\n"
+          "trials whose closing FIN or RST was seen on the wire, how many disagree with the\n"
+          "application's decision by more than 5 ms or 2% of the latency.",
           vm, std::cout))
     return exit_ok;
 
@@ -815,7 +838,8 @@ int command_report(const std::vector<std::string>& args) {
   } else {
     std::cout << report::format_table(rows) << "(" << trials.size() << " trials, " << description
               << "; latencies over "
-              << "detected trials; failures = missed + premature)\n";
+              << "detected trials; failures = missed + premature; wire_diff = trials whose "
+              << "wire instant disagrees / trials with one)\n";
   }
   std::cout.flush();
 

@@ -272,7 +272,7 @@ int command_run(const std::vector<std::string>& args) {
                          : config.target ? "none (the target's own settings are what is measured)"
                                          : "none")
                << (config.target ? ", limit " + deadpeer::format_duration(config.hard_limit()) : "")
-               << "\n";
+               << std::endl;  // before the first trial, even when stdout is a pipe
   const auto run_id =
       begin_run(config.db, command_line("run", args), json::serialize(config_json(vm)));
   json::array out;
@@ -294,7 +294,12 @@ int command_run(const std::vector<std::string>& args) {
     (void)command_report({"--db", config.db, "--run", std::to_string(run_id)});
   }
   print_next_steps(config, run_id);
-  if (interrupted()) return exit_negative;
+  if (interrupted()) {
+    std::cerr << "probe: interrupted; the trials finished before it are stored (an interrupted "
+                 "trial is stored as interrupted and is not a failure). probe sweep with the "
+                 "same options resumes where a run stopped.\n";
+    return exit_interrupted;
+  }
   for (const auto& r : results)
     if (r.outcome != "detected") return exit_negative;
   return exit_ok;
@@ -379,8 +384,9 @@ int command_sweep(const std::vector<std::string>& args) {
   else
     (void)command_report({"--db", base.db, "--run", std::to_string(run_id)});
   if (interrupted()) {
-    progress_out << "interrupted: run the same command again to resume\n";
-    return exit_negative;
+    std::cerr << "probe: interrupted: run the same command again to resume (interrupted trials "
+                 "are run again)\n";
+    return exit_interrupted;
   }
   return exit_ok;
 }

@@ -9,6 +9,7 @@
 #include "http_client.hpp"
 #include "lab.hpp"
 #include "target.hpp"
+#include "wire_observer.hpp"
 
 #include <deadpeer/cause.hpp>
 #include <deadpeer/clock.hpp>
@@ -195,6 +196,42 @@ void set_note(trial_result& r, const std::string& text) {
 
 }  // namespace
 
+std::unique_ptr<wire_observer> open_wire_observer(const lab::network* network, std::string& why) {
+  why = wire_unavailable_reason();
+  if (!why.empty()) return nullptr;
+  std::unique_ptr<wire_observer> w;
+  auto open = [&] { w = std::make_unique<wire_observer>(network ? network->topo().server_if : "lo"); };
+  try {
+    if (network)
+      network->in_server_ns(open);
+    else
+      open();
+  } catch (const std::exception& e) {
+    why = e.what();
+  }
+  return w;
+}
+
+void record_wire(wire_observer* wire, trial_result& r, std::int64_t decided_ns) {
+  if (wire == nullptr || decided_ns == 0) return;
+  // The close follows the decision at once; allow for the scheduler before saying none.
+  const auto until = deadpeer::monotonic_ns() + 200'000'000;
+  std::optional<wire_segment> seen;
+  while (!(seen = wire->first_seen()) && deadpeer::monotonic_ns() < until)
+    std::this_thread::sleep_for(milliseconds(2));
+  if (!seen) {
+    r.wire_segment = "none";
+    set_note(r, "wire: no FIN or RST from the detecting side (a kernel abort sends none)");
+    return;
+  }
+  r.wire_mono_ns = seen->mono_ns;
+  r.wire_segment = seen->reset ? "RST" : "FIN";
+  std::ostringstream text;
+  text << "wire: " << r.wire_segment << " " << std::showpos << std::fixed << std::setprecision(2)
+       << static_cast<double>(seen->mono_ns - decided_ns) / 1e6 << " ms from the decision";
+  set_note(r, text.str());
+}
+
 std::string self_executable() {
   std::error_code ec;
   const auto path = fs::read_symlink("/proc/self/exe", ec);
@@ -354,11 +391,10 @@ bool interrupted() {
 }
 
 void install_interrupt_handler() {
-  struct sigaction action {};
-  action.sa_handler = [](int) { interrupt_flag = true; };
-  sigemptyset(&action.sa_mask);
-  ::sigaction(SIGINT, &action, nullptr);
-  ::sigaction(SIGTERM, &action, nullptr);
+  // The lab's handlers do the work: the first SIGINT/SIGTERM sets the flag, a second one
+  // removes the labs and ends probe.
+  lab::defer_interrupts(&interrupt_flag);
+  child_process::stop_waiting_when(&interrupt_flag);
 }
 
 std::int64_t begin_run(const std::string& db, const std::string& command,
@@ -422,6 +458,8 @@ void store_trial(deadpeer::event_store& store, const experiment_config& config, 
   t.error_name = r.error_name;
   t.outcome = r.outcome;
   t.note = r.note;
+  t.wire_mono_ns = r.wire_mono_ns;
+  t.wire_segment = r.wire_segment;
   store.record(std::move(t));
 }
 
@@ -499,9 +537,14 @@ std::vector<trial_result> run_server_faults(const experiment_config& config, std
                    {"--dead-after", deadpeer::format_duration(config.effective_dead_after())});
     if (const auto k = config.server_keepalive())
       extra.insert(extra.end(), {"--keepalive", deadpeer::to_string(*k)});
-    const auto client_process =
-        start_steady_client(network, probe_path, listen_address + ":" + port,
-                            "client-" + std::to_string(r.trial), config, extra);
+    std::unique_ptr<child_process> client_process;
+    try {
+      client_process = start_steady_client(network, probe_path, listen_address + ":" + port,
+                                           "client-" + std::to_string(r.trial), config, extra);
+    } catch (const std::runtime_error&) {
+      if (interrupted()) break;  // Ctrl-C during warm-up: no trial happened
+      throw;
+    }
     child_process& client = *client_process;
 
     const auto t0 = deadpeer::monotonic_ns();
@@ -526,9 +569,8 @@ std::vector<trial_result> run_server_faults(const experiment_config& config, std
       r.outcome = detected_ns < t0 ? "premature" : "detected";
       set_note(r, "silence " + fields["silence_ms"] + " ms (client side)");
     } else {
-      r.outcome = "missed";
-      set_note(r, interrupted() ? "interrupted"
-                                : "not detected within " + deadpeer::format_duration(limit));
+      r.outcome = interrupted() ? "interrupted" : "missed";
+      if (!interrupted()) set_note(r, "not detected within " + deadpeer::format_duration(limit));
     }
     if (network) network->cable_heal();
     server.signal(SIGKILL);
@@ -595,6 +637,9 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
   const std::string detector_text = config.heartbeat ? config.detector_description() : "";
   const auto limit = config.hard_limit();
   const auto probe_path = self_executable();
+  std::string wire_why;
+  const auto wire = open_wire_observer(network.get(), wire_why);
+  if (!wire) std::cerr << "probe: the wire is not observed in these trials: " << wire_why << "\n";
   std::vector<trial_result> results;
 
   for (int i = 0; i < config.trials && !interrupted(); ++i) {
@@ -603,9 +648,15 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
     const std::string id = "victim-" + std::to_string(::getpid()) + "-" + std::to_string(run_id) +
                            "-" + std::to_string(r.trial) + "-" + config.fault;
     std::uint64_t since = latest_event_id(server);
-    const auto victim_process =
-        start_steady_client(network.get(), probe_path,
-                            server.address + ":" + std::to_string(server.port), id, config, {});
+    std::unique_ptr<child_process> victim_process;
+    try {
+      victim_process =
+          start_steady_client(network.get(), probe_path,
+                              server.address + ":" + std::to_string(server.port), id, config, {});
+    } catch (const std::runtime_error&) {
+      if (interrupted()) break;  // Ctrl-C during warm-up: no trial happened
+      throw;
+    }
     child_process& victim = *victim_process;
     std::optional<unsigned short> victim_port;
     if (config.fault == "crash-rst") {
@@ -616,6 +667,17 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
       while (victim_port && unread_bytes(*victim_port) == 0 &&
              deadpeer::monotonic_ns() < wait_until)
         std::this_thread::sleep_for(milliseconds(5));
+    }
+
+    bool wire_watched = false;
+    if (wire) {
+      if (!victim_port) victim_port = victim_local_port(server, id);
+      if (victim_port) {
+        const auto victim_address = network ? network->topo().victim_addr : "127.0.0.1";
+        wire->watch(tcp::endpoint(asio::ip::make_address(server.address), server.port),
+                    tcp::endpoint(asio::ip::make_address(victim_address), *victim_port));
+        wire_watched = true;
+      }
     }
 
     std::int64_t heal_ns = 0;
@@ -658,10 +720,10 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
       if (heal_ns != 0)
         set_note(
             r, "detected " + std::to_string((decided - heal_ns) / 1'000'000) + " ms after healing");
+      if (wire_watched) record_wire(wire.get(), r, decided);
     } else {
-      r.outcome = "missed";
-      set_note(r, interrupted() ? "interrupted"
-                                : "not detected within " + deadpeer::format_duration(limit));
+      r.outcome = interrupted() ? "interrupted" : "missed";
+      if (!interrupted()) set_note(r, "not detected within " + deadpeer::format_duration(limit));
     }
 
     // Clean up: heal the network, end the victim (SIGKILL ends a stopped one too).

@@ -15,12 +15,17 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include <chrono>
+#include <memory>
 #include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace probe {
+
+namespace lab {
+class network;
+}
 
 /// What one fault is, for --help and for planning a trial.
 struct fault_kind {
@@ -78,6 +83,8 @@ struct trial_result {
   std::string detected_by, cause, error_name;
   int error_number = 0;
   std::string note;
+  std::int64_t wire_mono_ns = 0;  ///< the detecting side's FIN/RST on the wire; 0: none seen
+  std::string wire_segment;       ///< "FIN", "RST", "none", or "" when the wire was not observed
 };
 
 /// Called after each trial (progress).
@@ -109,6 +116,14 @@ void store_trial(deadpeer::event_store& store, const experiment_config& config, 
 
 /// This program's own path (to run it again as a victim).
 std::string self_executable();
+
+class wire_observer;
+/// The wire observer of the lab's server side (its veth end, in its namespace) or of lo
+/// when there is no lab; nullptr when packet sockets are not permitted (`why` says so).
+std::unique_ptr<wire_observer> open_wire_observer(const lab::network* network, std::string& why);
+/// After a decision at `decided_ns`: waits up to 200 ms for the FIN or RST the observer
+/// watches and records it in `r` (wire_segment "none" when there was none).
+void record_wire(wire_observer* wire, trial_result& r, std::int64_t decided_ns);
 
 /// True once SIGINT or SIGTERM arrived; experiments stop between steps and clean up.
 bool interrupted();

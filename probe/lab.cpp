@@ -33,7 +33,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <mutex>
+#include <sstream>
 
 extern char** environ;
 
@@ -330,8 +333,30 @@ int signal_index(int sig) {
   return -1;
 }
 
+std::atomic<std::atomic<bool>*> deferred_interrupt{nullptr};
+static_assert(std::atomic<std::atomic<bool>*>::is_always_lock_free);
+static_assert(std::atomic<bool>::is_always_lock_free);
+
 extern "C" void cleanup_on_signal(int sig, siginfo_t* info, void* context) {
   const int saved_errno = errno;
+  if (sig == SIGINT || sig == SIGTERM) {
+    if (auto* flag = deferred_interrupt.load()) {
+      // First interruption: only say so; the program stops between steps and removes its
+      // labs in order. A second one removes them here and ends the program.
+      if (!flag->exchange(true)) {
+        errno = saved_errno;
+        return;
+      }
+      remove_all_from_handler();
+      struct sigaction dfl {};
+      dfl.sa_handler = SIG_DFL;
+      ::sigemptyset(&dfl.sa_mask);
+      ::sigaction(sig, &dfl, nullptr);
+      ::raise(sig);
+      errno = saved_errno;
+      return;
+    }
+  }
   remove_all_from_handler();
   const int i = signal_index(sig);
   // Pass the signal on once to whoever handled it before us (a second one, or a handler
@@ -502,11 +527,60 @@ std::optional<std::string> unavailable_reason() {
 
 // ---- stale labs ----------------------------------------------------------------------------
 
-std::vector<std::string> remove_stale_networks() {
+namespace {
+
+// Who made a lab: a marker file per lab, named after its server namespace, holding the
+// creator's PID, its start time (field 22 of /proc/PID/stat: a reused PID has another)
+// and its PID namespace. Only a lab whose marker names a process of this PID namespace
+// that is gone is provably a dead probe's; anything else may be another user's, another
+// container's, or alive in a PID namespace we cannot see.
+constexpr const char* owners_dir = "/run/deadpeer-labs";
+
+std::string process_start_time(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return "";
+  std::istringstream fields(line.substr(line.rfind(')') + 2));
+  std::string field;
+  for (int i = 3; i <= 22 && fields >> field; ++i) {
+  }
+  return field;
+}
+
+std::string pid_namespace() {
+  std::error_code ec;
+  const auto link = std::filesystem::read_symlink("/proc/self/ns/pid", ec);
+  return ec ? "" : link.string();
+}
+
+std::string owner_file(const std::string& server_ns) { return std::string(owners_dir) + "/" + server_ns; }
+
+void write_owner(const std::string& server_ns) {
+  std::error_code ec;
+  std::filesystem::create_directories(owners_dir, ec);
+  std::ofstream out(owner_file(server_ns));
+  out << ::getpid() << " " << process_start_time(::getpid()) << " " << pid_namespace() << "\n";
+}
+
+enum class owner_state { alive, dead, unknown };
+
+owner_state owner_of(const std::string& server_ns) {
+  std::ifstream in(owner_file(server_ns));
+  long pid = 0;
+  std::string start, pidns;
+  if (!(in >> pid >> start >> pidns) || pid <= 0) return owner_state::unknown;
+  if (pidns != pid_namespace()) return owner_state::unknown;
+  const auto now = process_start_time(static_cast<pid_t>(pid));
+  return !now.empty() && now == start ? owner_state::alive : owner_state::dead;
+}
+
+}  // namespace
+
+std::vector<std::string> remove_stale_networks(std::vector<std::string>* left_alone) {
   std::vector<std::string> removed;
   DIR* dir = ::opendir(netns_dir);
   if (dir == nullptr) return removed;
-  std::vector<std::string> stale;
+  std::vector<std::pair<std::string, std::string>> stale;  // namespace, its lab's marker
   while (const dirent* entry = ::readdir(dir)) {
     // dp-s-<pid>-<n> or dp-c-<pid>-<n>
     unsigned long pid = 0, n = 0;
@@ -515,13 +589,22 @@ std::vector<std::string> remove_stale_networks() {
     if (std::sscanf(entry->d_name, "dp-%c-%lu-%lu%n", &side, &pid, &n, &used) != 3 ||
         entry->d_name[used] != '\0' || (side != 's' && side != 'c') || pid == 0)
       continue;
-    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // alive
-    stale.emplace_back(entry->d_name);
+    const std::string server_ns = "dp-s-" + std::to_string(pid) + "-" + std::to_string(n);
+    switch (owner_of(server_ns)) {
+      case owner_state::alive: break;
+      case owner_state::dead: stale.emplace_back(entry->d_name, server_ns); break;
+      case owner_state::unknown:
+        if (left_alone) left_alone->emplace_back(entry->d_name);
+        break;
+    }
   }
   ::closedir(dir);
-  for (const auto& name : stale) {
+  for (const auto& [name, server_ns] : stale) {
     command_result r = run({"ip", "netns", "del", name});
     if (r.exit_code == 0) removed.push_back(name);
+    if (!exists(netns_file("dp-s-" + server_ns.substr(5))) &&
+        !exists(netns_file("dp-c-" + server_ns.substr(5))))
+      ::unlink(owner_file(server_ns).c_str());
   }
   return removed;
 }
@@ -548,6 +631,11 @@ void install_cleanup_handlers() {
   }
 }
 
+void defer_interrupts(std::atomic<bool>* flag) {
+  deferred_interrupt.store(flag);
+  install_cleanup_handlers();
+}
+
 // ---- network -----------------------------------------------------------------------------
 
 network::network() {
@@ -569,7 +657,22 @@ network::network() {
   topo_.victim_addr = victim_address;
   topo_.nft_table = table_name;
 
+  // Labs of probes that were SIGKILLed (no handler ran) are swept once per process.
+  static std::once_flag swept;
+  std::call_once(swept, [] {
+    std::vector<std::string> left;
+    const auto removed = remove_stale_networks(&left);
+    if (!removed.empty())
+      std::fprintf(stderr, "deadpeer lab: removed %zu namespace(s) left by probe processes that died\n",
+                   removed.size());
+    if (!left.empty())
+      std::fprintf(stderr,
+                   "deadpeer lab: left %zu dp-* namespace(s) alone (e.g. %s): nothing proves they "
+                   "belong to a dead probe of this host; remove them with ip netns del if they do\n",
+                   left.size(), left.front().c_str());
+  });
   install_cleanup_handlers();
+  write_owner(topo_.server_ns);
   slot_ = claim_slot(tool("ip"), topo_);  // before anything exists: a signal now cleans up
   try {
     build();
@@ -653,6 +756,7 @@ void network::destroy() noexcept {
                      std::strerror(errno));
     }
   }
+  ::unlink(owner_file(topo_.server_ns).c_str());
   release_slot(slot_);
   slot_ = -1;
 }

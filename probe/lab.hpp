@@ -21,6 +21,7 @@
 //   embedded server or client can run inside the lab from any thread afterwards.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <optional>
@@ -139,10 +140,14 @@ class network {
   bool destroyed_ = false;
 };
 
-/// Removes the namespaces of labs whose process no longer exists (one that was SIGKILLed
-/// cannot clean up after itself): names dp-s-<pid>-<n> / dp-c-<pid>-<n> under /run/netns
-/// whose <pid> is not a live process in this PID namespace. Returns the names removed.
-std::vector<std::string> remove_stale_networks();
+/// Removes the namespaces of labs whose creator is provably gone (one that was SIGKILLed
+/// cannot clean up after itself): each lab leaves a marker with its creator's PID, that
+/// process's start time and its PID namespace; a lab is removed only when the marker
+/// names this PID namespace and no process with that PID and start time exists. dp-*
+/// namespaces without such proof (another container's, another PID namespace's, from an
+/// older probe) are left alone and, if `left_alone` is given, listed there. network()
+/// calls this once per process. Returns the names removed.
+std::vector<std::string> remove_stale_networks(std::vector<std::string>* left_alone = nullptr);
 
 /// Installs SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGPIPE handlers that remove every live
 /// network of this process and then pass the signal on: to the handler that was installed
@@ -153,5 +158,11 @@ std::vector<std::string> remove_stale_networks();
 /// already this one, so call it again after something else (a signal_set) has replaced it.
 /// network() calls it.
 void install_cleanup_handlers();
+
+/// From now on the first SIGINT or SIGTERM only sets `*flag`: the program stops between
+/// steps and removes its labs in order (no lab vanishes under a trial that is still
+/// running). A second one removes every lab at once and ends the program with the
+/// signal's default action. nullptr restores immediate cleanup. Installs the handlers.
+void defer_interrupts(std::atomic<bool>* flag);
 
 }  // namespace probe::lab

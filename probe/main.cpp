@@ -37,7 +37,8 @@ Target mode (a server you did not write, e.g. an MQTT broker):
 
 Durations take a unit: 250ms, 1.5s, 30s, 5m, 2h.
 Keepalive settings are written idle:interval:count[:user_timeout], e.g. 60s:10s:5.
-Exit status: 0 done, 1 a negative answer (e.g. target cannot be met), 2 bad usage.
+Exit status: 0 done, 1 a negative answer (e.g. target cannot be met), 2 bad usage,
+130 interrupted (Ctrl-C once: probe stops after cleaning up; twice: at once).
 )";
 
 }  // namespace

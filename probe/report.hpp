@@ -34,8 +34,14 @@ struct trial_row {
   /// latency_ms_exact (latency_ms where that is NULL); nullopt when not measured (-1).
   std::optional<double> latency_ms;
   std::string detected_by;
-  std::string outcome;  ///< "detected", "missed" or "premature"
+  std::string outcome;  ///< "detected", "missed", "premature" or "interrupted"
+  /// The wire's FIN/RST instant minus the decision instant; nullopt when the wire was not
+  /// observed or showed none.
+  std::optional<double> wire_gap_ms;
 };
+
+/// True when the wire and the application disagree by more than 5 ms or 2% of the latency.
+bool wire_disagrees(double wire_gap_ms, double latency_ms);
 
 /// One (fault, config_key) group of trials.
 struct summary_row {
@@ -57,6 +63,8 @@ struct summary_row {
   std::optional<std::int64_t> bound_ms;  ///< nullopt: no finite bound
   std::optional<double> max_over_bound;  ///< max_ms / bound_ms when both exist (bound > 0)
   std::string detected_by;               ///< "eof", "eof+reset"; empty when none detected
+  std::size_t wire_seen = 0;      ///< detected trials with a FIN/RST instant from the wire
+  std::size_t wire_disagree = 0;  ///< of those, how many disagree (wire_disagrees)
 
   std::size_t failures() const { return missed + premature; }
 };

@@ -4,6 +4,7 @@
 #include "cli.hpp"
 #include "greeting.hpp"
 #include "lab.hpp"
+#include "wire_observer.hpp"
 
 #include <deadpeer/clock.hpp>
 #include <deadpeer/duration.hpp>
@@ -18,6 +19,7 @@
 #include <cctype>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 #include <thread>
 
@@ -165,6 +167,9 @@ std::vector<trial_result> run_target_experiment(const experiment_config& config,
   std::unique_ptr<target_process> target;
   if (network) target = std::make_unique<target_process>(*network, t.command, t.port, *diag);
 
+  std::string wire_why;
+  const auto wire = open_wire_observer(network.get(), wire_why);
+  if (!wire) std::cerr << "probe: the wire is not observed in these trials: " << wire_why << "\n";
   deadpeer::event_store store({.path = config.db});
   const auto limit = config.hard_limit();
   const auto probe_path = self_executable();
@@ -180,14 +185,17 @@ std::vector<trial_result> run_target_experiment(const experiment_config& config,
                                  std::to_string(r.trial)});
     child_process victim(argv);
     const auto connected = victim.wait_for_line("connected local=", milliseconds(10'000));
+    if (interrupted()) break;  // Ctrl-C before the fault: no trial happened
     if (!connected)
       throw std::runtime_error("the victim could not connect to the target at " +
                                endpoint_text(target_endpoint) + ": " + victim.output());
     const auto local_text = connected->substr(connected->find("local=") + 6);
     const auto victim_endpoint =
         deadpeer::parse_endpoint(local_text.substr(0, local_text.find(' ')));
-    if (!victim.wait_for_line("ready", answer_wait) ||
-        (greet.periodic() && !victim.wait_for_line("exchange", answer_wait)))
+    const bool steady = victim.wait_for_line("ready", answer_wait) &&
+                        (!greet.periodic() || victim.wait_for_line("exchange", answer_wait));
+    if (interrupted()) break;
+    if (!steady)
       throw std::runtime_error("the target did not answer the greeting " + t.greeting +
                                "; the victim printed: " + victim.output());
     const auto before = diag->find(target_endpoint, victim_endpoint);
@@ -195,6 +203,7 @@ std::vector<trial_result> run_target_experiment(const experiment_config& config,
       throw std::runtime_error("the target holds no ESTABLISHED socket for the victim " +
                                endpoint_text(victim_endpoint) + " (sock_diag)");
 
+    if (wire) wire->watch(target_endpoint, victim_endpoint);
     const auto t0 = deadpeer::monotonic_ns();
     if (config.fault == "crash") {
       victim.signal(SIGKILL);
@@ -247,11 +256,12 @@ std::vector<trial_result> run_target_experiment(const experiment_config& config,
         r.note += "; CLOSE_WAIT for " +
                   std::to_string((detected_ns - close_wait_ns) / 1'000'000) +
                   " ms first (the victim's FIN arrived, then the target closed)";
+      record_wire(wire.get(), r, detected_ns);
     } else {
-      r.outcome = "missed";
-      r.note = interrupted() ? "interrupted"
-                             : "not detected within " + deadpeer::format_duration(limit) + "; " +
-                                   missed_note(last, close_wait_ns, deadpeer::monotonic_ns());
+      r.outcome = interrupted() ? "interrupted" : "missed";
+      if (!interrupted())
+        r.note = "not detected within " + deadpeer::format_duration(limit) + "; " +
+                 missed_note(last, close_wait_ns, deadpeer::monotonic_ns());
     }
     if (network) {
       network->cable_heal();

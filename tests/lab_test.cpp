@@ -25,6 +25,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <set>
 #include <sstream>
 #include <string>
@@ -693,4 +694,18 @@ TEST_CASE("lab: remove_stale_networks sweeps up after a SIGKILLed process", "[la
   CHECK(names.count(server_ns) == 0);
   CHECK(names.count(victim_ns) == 0);
   CHECK(names.count(alive.topo().server_ns) == 1);
+}
+
+TEST_CASE("lab: a dp-* namespace that no marker proves a dead probe's is left alone", "[lab]") {
+  if (!lab_available()) return;
+  // What another container or PID namespace could have: a probe-like name whose PID is
+  // not a process here, and no owner marker.
+  const std::string foreign = "dp-s-3999999999-" + std::to_string(::getpid());
+  REQUIRE(lab::run({"ip", "netns", "add", foreign}).exit_code == 0);
+  std::vector<std::string> left;
+  const auto removed = lab::remove_stale_networks(&left);
+  CHECK(std::find(removed.begin(), removed.end(), foreign) == removed.end());
+  CHECK(std::find(left.begin(), left.end(), foreign) != left.end());
+  CHECK(netns_names().count(foreign) == 1);
+  lab::run({"ip", "netns", "del", foreign});  // ours: created above
 }

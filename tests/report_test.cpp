@@ -184,6 +184,14 @@ TEST_CASE("detected_by names the most common layer first and joins mixed ones wi
   }
 }
 
+TEST_CASE("an interrupted trial is neither a trial nor a failure") {
+  const auto s = summarize({detected("hang", "k", 3000, "heartbeat", 4000),
+                            failed("hang", "k", "interrupted"), failed("cable-pull", "k", "interrupted")});
+  REQUIRE(s.size() == 1);  // a group of interrupted trials only is no group
+  CHECK(s[0].trials == 1);
+  CHECK(s[0].failures() == 0);
+}
+
 TEST_CASE("failures count missed and premature trials, which stay out of the latencies") {
   const auto s =
       summarize({detected("hang", "k", 3000, "heartbeat", 4000), failed("hang", "k", "missed"),
@@ -271,7 +279,8 @@ TEST_CASE("the table has a header line and aligned columns") {
   REQUIRE(lines.size() == 3);
   CHECK(lines[0].starts_with("fault"));
   for (const char* column :
-       {"configuration", "n", "p50", "p95", "max", "bound", "max/bound", "detected_by", "failures"})
+       {"configuration", "n", "p50", "p95", "max", "bound", "max/bound", "detected_by", "failures",
+        "wire_diff"})
     CHECK(lines[0].find(column) != std::string::npos);
   // The last column is right-aligned, so every line ends at the same place, and every
   // column starts where its header does.
@@ -280,7 +289,9 @@ TEST_CASE("the table has a header line and aligned columns") {
   const auto detected_by_at = lines[0].find("detected_by");
   CHECK(lines[1].substr(detected_by_at, 9) == "keepalive");
   CHECK(lines[2].substr(detected_by_at, 3) == "eof");
-  CHECK(lines[1].ends_with(" 1"));
+  const auto failures_end = lines[0].find("failures") + std::string("failures").size();
+  CHECK(lines[1].substr(failures_end - 1, 1) == "1");
+  CHECK(lines[1].ends_with(" -"));  // no wire instants in these rows
 }
 
 TEST_CASE("csv follows RFC 4180") {
@@ -299,10 +310,10 @@ TEST_CASE("csv follows RFC 4180") {
   CHECK(csv.substr(0, end_of_header) ==
         "fault,configuration,n,p50_ms,p95_ms,max_ms,bound_ms,max_over_bound,detected_by,"
         "failures,detected,missed,premature,config_key,keepalive,heartbeat_interval_ms,"
-        "detector,user_timeout_ms");
+        "detector,user_timeout_ms,wire_seen,wire_disagree");
   CHECK(csv.substr(end_of_header + 2) ==
         "crash,ka=off hb=off ut=off,1,0.5,0.5,0.5,10,0.05,eof,0,1,0,0,"
-        "\"ka=off, hb=\"\"1s\"\"\",off,0,fixed 3s (3 x 1s),0\r\n");
+        "\"ka=off, hb=\"\"1s\"\"\",off,0,fixed 3s (3 x 1s),0,0,0\r\n");
 }
 
 TEST_CASE("json is an array of objects with the csv's fields") {

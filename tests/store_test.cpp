@@ -201,7 +201,7 @@ class capture_stderr {
 
 }  // namespace
 
-TEST_CASE("a new file gets schema v1 in WAL mode") {
+TEST_CASE("a new file gets the current schema in WAL mode") {
   temp_dir dir;
   const auto path = dir.file("deadpeer.db");
   event_store store(options_for(path));
@@ -209,7 +209,7 @@ TEST_CASE("a new file gets schema v1 in WAL mode") {
 
   raw_db db(path);
   CHECK(db.integer("PRAGMA user_version") == deadpeer::store_schema_version);
-  CHECK(db.integer("PRAGMA user_version") == 1);
+  CHECK(db.integer("PRAGMA user_version") == 2);
   CHECK(db.text("PRAGMA journal_mode") == "wal");
   CHECK(db.rows("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name") ==
         std::vector<std::vector<std::string>>{{"connections"}, {"runs"}, {"trials"}});
@@ -267,7 +267,7 @@ TEST_CASE("a new file gets schema v1 in WAL mode") {
                                                                "error_number",
                                                                "error_name",
                                                                "outcome",
-                                                               "note"});
+                                                               "note", "wire_mono_ns", "wire_segment"});
   CHECK(store.written() == 0);
   CHECK(store.queued() == 0);
   CHECK_FALSE(store.last_error());
@@ -480,7 +480,7 @@ TEST_CASE("reopening an existing file keeps its rows, and the destructor flushes
   }
   CHECK(count_rows(path) == 15);
   raw_db db(path);
-  CHECK(db.integer("PRAGMA user_version") == 1);
+  CHECK(db.integer("PRAGMA user_version") == 2);
 }
 
 TEST_CASE("a file that is not a database is refused, naming the file") {
@@ -507,9 +507,48 @@ TEST_CASE("a file from a newer schema is refused") {
   const auto message = open_error(path);
   CHECK_THAT(message, Catch::Contains(path));
   CHECK_THAT(message, Catch::Contains("newer"));
-  CHECK_THAT(message, Catch::Contains("schema 99, this build knows 1"));
+  CHECK_THAT(message, Catch::Contains("schema 99, this build knows 2"));
   raw_db db(path);
   CHECK(db.integer("PRAGMA user_version") == 99);  // left untouched
+}
+
+TEST_CASE("a schema 1 file is upgraded in place: its trials kept, interrupted and wire allowed") {
+  temp_dir dir;
+  const auto path = dir.file("v1.db");
+  { event_store store(options_for(path)); }  // today's schema, then taken back to 1:
+  {
+    // the trials table exactly as schema 1 wrote it, with one trial.
+    raw_db db(path);
+    db.exec(R"sql(
+DROP TABLE trials;
+CREATE TABLE trials (
+  id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id), trial INTEGER NOT NULL,
+  fault TEXT NOT NULL, config_key TEXT NOT NULL, keepalive TEXT NOT NULL,
+  heartbeat_interval_ms INTEGER NOT NULL, detector TEXT NOT NULL, user_timeout_ms INTEGER NOT NULL,
+  bound_ms INTEGER NOT NULL, fault_mono_ns INTEGER NOT NULL, detected_mono_ns INTEGER NOT NULL,
+  latency_ms INTEGER NOT NULL, latency_ms_exact REAL, detected_by TEXT NOT NULL,
+  cause TEXT NOT NULL, error_number INTEGER NOT NULL, error_name TEXT NOT NULL,
+  outcome TEXT NOT NULL CHECK(outcome IN ('detected','missed','premature')), note TEXT NOT NULL);
+INSERT INTO runs (id, started_unix_ms, version, host, command, config_json)
+  VALUES (1, 0, '0.1.0', 'h', 'probe run', '{}');
+INSERT INTO trials VALUES (7, 1, 1, 'crash', 'k', 'system', 500, 'fixed', 0, 20, 100, 200, 0,
+  0.0001, 'eof', 'peer_closed', 0, '', 'detected', 'old row');
+PRAGMA user_version = 1;
+)sql");
+  }
+  {
+    event_store store(options_for(path));
+    auto t = make_trial(1, 2);
+    t.outcome = "interrupted";
+    t.wire_mono_ns = 12345;
+    t.wire_segment = "FIN";
+    store.record(std::move(t));
+  }
+  raw_db db(path);
+  CHECK(db.integer("PRAGMA user_version") == 2);
+  CHECK(db.rows("SELECT id, note, wire_mono_ns, wire_segment FROM trials ORDER BY id") ==
+        std::vector<std::vector<std::string>>{{"7", "old row", "0", ""},
+                                              {"8", make_trial(1, 2).note, "12345", "FIN"}});
 }
 
 TEST_CASE("a file in a directory that does not exist is refused, naming the file") {

@@ -136,6 +136,47 @@ CREATE INDEX trials_run_id ON trials(run_id);
 CREATE INDEX trials_config_key_fault ON trials(config_key, fault);
 )sql";
 
+// Version 2: a trial cut short by Ctrl-C is stored as 'interrupted', and every trial has
+// the wire's instant of the detecting side's FIN or RST. SQLite cannot change a CHECK
+// constraint in place, so the table is copied into one that allows both.
+constexpr const char* migrate_v1_to_v2 = R"sql(
+CREATE TABLE trials_v2 (
+  id                    INTEGER PRIMARY KEY,
+  run_id                INTEGER NOT NULL REFERENCES runs(id),
+  trial                 INTEGER NOT NULL,
+  fault                 TEXT    NOT NULL,
+  config_key            TEXT    NOT NULL,
+  keepalive             TEXT    NOT NULL,
+  heartbeat_interval_ms INTEGER NOT NULL,
+  detector              TEXT    NOT NULL,
+  user_timeout_ms       INTEGER NOT NULL,
+  bound_ms              INTEGER NOT NULL,
+  fault_mono_ns         INTEGER NOT NULL,
+  detected_mono_ns      INTEGER NOT NULL,
+  latency_ms            INTEGER NOT NULL,
+  latency_ms_exact      REAL,
+  detected_by           TEXT    NOT NULL,
+  cause                 TEXT    NOT NULL,
+  error_number          INTEGER NOT NULL,
+  error_name            TEXT    NOT NULL,
+  outcome               TEXT    NOT NULL CHECK(outcome IN ('detected','missed','premature','interrupted')),
+  note                  TEXT    NOT NULL,
+  wire_mono_ns          INTEGER NOT NULL DEFAULT 0,
+  wire_segment          TEXT    NOT NULL DEFAULT ''
+);
+INSERT INTO trials_v2 (id, run_id, trial, fault, config_key, keepalive, heartbeat_interval_ms,
+  detector, user_timeout_ms, bound_ms, fault_mono_ns, detected_mono_ns, latency_ms,
+  latency_ms_exact, detected_by, cause, error_number, error_name, outcome, note)
+SELECT id, run_id, trial, fault, config_key, keepalive, heartbeat_interval_ms, detector,
+  user_timeout_ms, bound_ms, fault_mono_ns, detected_mono_ns, latency_ms, latency_ms_exact,
+  detected_by, cause, error_number, error_name, outcome, note FROM trials;
+DROP TABLE trials;
+ALTER TABLE trials_v2 RENAME TO trials;
+CREATE INDEX trials_run_id ON trials(run_id);
+CREATE INDEX trials_config_key_fault ON trials(config_key, fault);
+)sql";
+
+
 constexpr const char* insert_connection_sql =
     "INSERT INTO connections (session_id, client_id, peer_address, opened_mono_ns, "
     "ended_mono_ns, last_heard_mono_ns, opened_unix_ms, ended_unix_ms, ended_at, cause, "
@@ -147,8 +188,9 @@ constexpr const char* insert_connection_sql =
 constexpr const char* insert_trial_sql =
     "INSERT INTO trials (run_id, trial, fault, config_key, keepalive, heartbeat_interval_ms, "
     "detector, user_timeout_ms, bound_ms, fault_mono_ns, detected_mono_ns, latency_ms, "
-    "latency_ms_exact, detected_by, cause, error_number, error_name, outcome, note) VALUES (?, "
-    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    "latency_ms_exact, detected_by, cause, error_number, error_name, outcome, note, "
+    "wire_mono_ns, wire_segment) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?)";
 
 constexpr const char* insert_run_sql =
     "INSERT INTO runs (started_unix_ms, started_at, version, host, command, config_json) "
@@ -231,7 +273,7 @@ int bind(sqlite3_stmt* s, const trial_record& r) {
   binder b(s);
   b(r.run_id)(r.trial)(r.fault)(r.config_key)(r.keepalive)(r.heartbeat_interval_ms)(r.detector)(
       r.user_timeout_ms)(r.bound_ms)(r.fault_mono_ns)(r.detected_mono_ns)(r.latency_ms)(
-      r.latency_ms_exact)(r.detected_by)(r.cause)(r.error_number)(r.error_name)(r.outcome)(r.note);
+      r.latency_ms_exact)(r.detected_by)(r.cause)(r.error_number)(r.error_name)(r.outcome)(r.note)(r.wire_mono_ns)(r.wire_segment);
   return b.result();
 }
 
@@ -366,9 +408,10 @@ struct event_store::impl {
         throw store_error(opts.path + " was written by a newer deadpeer (schema " +
                           std::to_string(version) + ", this build knows " +
                           std::to_string(store_schema_version) + ")");
-      if (version == 0) {
-        exec(schema_v1, "cannot create the schema in");
-        exec("PRAGMA user_version=1", "cannot set the schema version of");
+      if (version == 0) exec(schema_v1, "cannot create the schema in");
+      if (version < 2) {
+        exec(migrate_v1_to_v2, "cannot upgrade the trials table (schema 2) of");
+        exec("PRAGMA user_version=2", "cannot set the schema version of");
       }
       exec("COMMIT", "cannot commit the schema of");
     } catch (...) {
@@ -572,8 +615,9 @@ struct event_store::impl {
 namespace {
 
 void validate(const trial_record& r) {
-  if (r.outcome != "detected" && r.outcome != "missed" && r.outcome != "premature")
-    throw std::invalid_argument("trial outcome must be detected, missed or premature, not \"" +
+  if (r.outcome != "detected" && r.outcome != "missed" && r.outcome != "premature" &&
+      r.outcome != "interrupted")
+    throw std::invalid_argument("trial outcome must be detected, missed, premature or interrupted, not \"" +
                                 r.outcome + "\"");
   if (r.run_id <= 0)
     throw std::invalid_argument("trial run_id must be an id returned by begin_run(), not " +

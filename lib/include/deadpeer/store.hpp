@@ -22,7 +22,7 @@ class store_error : public std::runtime_error {
 };
 
 /// Schema version kept in PRAGMA user_version.
-inline constexpr int store_schema_version = 1;
+inline constexpr int store_schema_version = 2;
 
 /// Round-trip times seen on one connection, in milliseconds.
 struct rtt_summary {
@@ -86,8 +86,12 @@ struct trial_record {
   std::string cause;
   int error_number = 0;
   std::string error_name;
-  std::string outcome;  ///< "detected", "missed" or "premature"
+  std::string outcome;  ///< "detected", "missed", "premature" or "interrupted"
   std::string note;     ///< free text: why missed, what was observed
+  /// The detecting side's FIN or RST for the connection as seen on the wire (CLOCK_MONOTONIC);
+  /// 0 when none was seen or the wire was not observed (wire_segment says which).
+  std::int64_t wire_mono_ns = 0;
+  std::string wire_segment;  ///< "FIN", "RST", "none" (observed, nothing sent) or "" (not observed)
 };
 
 /// Batched, asynchronous writer over one SQLite file.
