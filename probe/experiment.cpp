@@ -232,6 +232,30 @@ void record_wire(wire_observer* wire, trial_result& r, std::int64_t decided_ns) 
   set_note(r, text.str());
 }
 
+std::int64_t inject_fault(const std::string& fault, lab::network* network, child_process& victim) {
+  if (fault == "crash" || fault == "crash-rst") {
+    victim.signal(SIGKILL);
+  } else if (fault == "linger0") {
+    victim.signal(SIGUSR1);
+  } else if (fault == "hang") {
+    victim.signal(SIGSTOP);
+  } else if (fault == "half-close") {
+    victim.signal(SIGUSR2);
+  } else if (fault == "cable-pull") {
+    network->cable_pull();
+  } else if (fault == "link-down") {
+    network->link_down();
+  } else if (fault == "reboot") {
+    network->cable_pull();
+    network->destroy_victim_sockets();
+    victim.signal(SIGKILL);
+    (void)victim.wait(std::chrono::seconds(5));
+    network->cable_heal();
+    return deadpeer::monotonic_ns();
+  }
+  return 0;
+}
+
 std::string self_executable() {
   std::error_code ec;
   const auto path = fs::read_symlink("/proc/self/exe", ec);
@@ -680,28 +704,8 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
       }
     }
 
-    std::int64_t heal_ns = 0;
     const auto t0 = deadpeer::monotonic_ns();
-    if (config.fault == "crash" || config.fault == "crash-rst") {
-      victim.signal(SIGKILL);
-    } else if (config.fault == "linger0") {
-      victim.signal(SIGUSR1);
-    } else if (config.fault == "hang") {
-      victim.signal(SIGSTOP);
-    } else if (config.fault == "half-close") {
-      victim.signal(SIGUSR2);
-    } else if (config.fault == "cable-pull") {
-      network->cable_pull();
-    } else if (config.fault == "link-down") {
-      network->link_down();
-    } else if (config.fault == "reboot") {
-      network->cable_pull();
-      network->destroy_victim_sockets();
-      victim.signal(SIGKILL);
-      (void)victim.wait(std::chrono::seconds(5));
-      network->cable_heal();
-      heal_ns = deadpeer::monotonic_ns();
-    }
+    const auto heal_ns = inject_fault(config.fault, network.get(), victim);
 
     const auto event = wait_for_end(server, id, since, t0 + limit.count() * 1'000'000);
     if (event) {

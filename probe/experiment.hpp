@@ -117,6 +117,12 @@ void store_trial(deadpeer::event_store& store, const experiment_config& config, 
 /// This program's own path (to run it again as a victim).
 std::string self_executable();
 
+class child_process;
+/// Injects a victim-side fault (crash, crash-rst, linger0, hang, half-close, cable-pull,
+/// link-down, reboot) on `victim`, or on the lab for the network ones. Returns the instant
+/// the path was healed (reboot), else 0.
+std::int64_t inject_fault(const std::string& fault, lab::network* network, child_process& victim);
+
 class wire_observer;
 /// The wire observer of the lab's server side (its veth end, in its namespace) or of lo
 /// when there is no lab; nullptr when packet sockets are not permitted (`why` says so).

@@ -205,21 +205,7 @@ std::vector<trial_result> run_target_experiment(const experiment_config& config,
 
     if (wire) wire->watch(target_endpoint, victim_endpoint);
     const auto t0 = deadpeer::monotonic_ns();
-    if (config.fault == "crash") {
-      victim.signal(SIGKILL);
-    } else if (config.fault == "hang") {
-      victim.signal(SIGSTOP);
-    } else if (config.fault == "cable-pull") {
-      network->cable_pull();
-    } else if (config.fault == "link-down") {
-      network->link_down();
-    } else if (config.fault == "reboot") {
-      network->cable_pull();
-      network->destroy_victim_sockets();
-      victim.signal(SIGKILL);
-      (void)victim.wait(milliseconds(5000));
-      network->cable_heal();
-    }
+    (void)inject_fault(config.fault, network.get(), victim);
 
     // Poll the target's socket until it is gone or the target has closed it.
     const auto deadline = t0 + limit.count() * 1'000'000;

@@ -1,5 +1,7 @@
 #include <deadpeer/keepalive.hpp>
 
+#include "loopback.hpp"
+
 #include <boost/asio.hpp>
 #include <catch2/catch.hpp>
 
@@ -15,18 +17,7 @@ using tcp = asio::ip::tcp;
 
 namespace {
 
-// A connected loopback pair: client (connect side) and server (accept side).
-struct loopback_pair {
-  asio::io_context io;
-  tcp::acceptor acceptor{io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)};
-  tcp::socket client{io};
-  tcp::socket server{io};
-
-  loopback_pair() {
-    client.connect(acceptor.local_endpoint());
-    acceptor.accept(server);
-  }
-};
+using deadpeer::test::loopback_pair;
 
 std::string run(const std::string& command) {
   std::string out;

@@ -50,6 +50,21 @@ class listener {
   boost::asio::ip::tcp::acceptor acceptor_;
 };
 
+/// A connected pair on 127.0.0.1 with its own io_context: `client` connected, `server`
+/// accepted (the side a server program would hold).
+struct loopback_pair {
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::acceptor acceptor{
+      io, boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), 0)};
+  boost::asio::ip::tcp::socket client{io};
+  boost::asio::ip::tcp::socket server{io};
+
+  loopback_pair() {
+    client.connect(acceptor.local_endpoint());
+    acceptor.accept(server);
+  }
+};
+
 /// What a raw peer's read produced.
 struct read_result {
   std::vector<wire::frame> frames;

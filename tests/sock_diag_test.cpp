@@ -1,5 +1,7 @@
 #include <deadpeer/sock_diag.hpp>
 
+#include "loopback.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <boost/asio/connect.hpp>
@@ -18,17 +20,7 @@ using tcp = asio::ip::tcp;
 namespace {
 
 // A connected pair on loopback: the accepted side is what a target's server would hold.
-struct connected_pair {
-  asio::io_context io;
-  tcp::acceptor acceptor{io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)};
-  tcp::socket client{io};
-  tcp::socket accepted{io};
-
-  connected_pair() {
-    client.connect(acceptor.local_endpoint());
-    accepted = acceptor.accept();
-  }
-};
+using connected_pair = deadpeer::test::loopback_pair;
 
 // Polls until `pred` holds or 5 s pass (the kernel's FIN processing is asynchronous).
 template <typename F>
@@ -46,12 +38,12 @@ bool eventually(F&& pred) {
 TEST_CASE("sock_diag finds the server side of a connection by its 4-tuple") {
   connected_pair p;
   sock_diag diag;
-  const auto found = diag.find(p.accepted.local_endpoint(), p.accepted.remote_endpoint());
+  const auto found = diag.find(p.server.local_endpoint(), p.server.remote_endpoint());
   REQUIRE(found);
   CHECK(found->state == tcp_state::established);
   CHECK(to_string(found->state) == "ESTABLISHED");
-  CHECK(found->local == p.accepted.local_endpoint());
-  CHECK(found->remote == p.accepted.remote_endpoint());
+  CHECK(found->local == p.server.local_endpoint());
+  CHECK(found->remote == p.server.remote_endpoint());
   CHECK(found->inode != 0);
   CHECK(found->timer == socket_timer::none);  // no keepalive, nothing in flight
 }
@@ -61,15 +53,15 @@ TEST_CASE("sock_diag reports no socket for a 4-tuple nobody holds, not the liste
   sock_diag diag;
   auto stranger = p.client.local_endpoint();
   stranger.port(static_cast<unsigned short>(stranger.port() == 65535 ? 1 : stranger.port() + 1));
-  CHECK_FALSE(diag.find(p.accepted.local_endpoint(), stranger));
+  CHECK_FALSE(diag.find(p.server.local_endpoint(), stranger));
 }
 
 TEST_CASE("sock_diag sees a keepalive timer and the states a close leaves behind") {
   connected_pair p;
   sock_diag diag;
-  p.accepted.set_option(asio::socket_base::keep_alive(true));
+  p.server.set_option(asio::socket_base::keep_alive(true));
   const auto server_side = [&] {
-    return diag.find(p.accepted.local_endpoint(), p.accepted.remote_endpoint());
+    return diag.find(p.server.local_endpoint(), p.server.remote_endpoint());
   };
   REQUIRE(server_side());
   CHECK(server_side()->timer == socket_timer::keepalive);

@@ -2,6 +2,8 @@
 
 #include <deadpeer/clock.hpp>
 
+#include "loopback.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <boost/asio/io_context.hpp>
@@ -18,16 +20,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-struct connected_pair {
-  asio::io_context io;
-  tcp::acceptor acceptor{io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)};
-  tcp::socket client{io};
-  tcp::socket accepted{io};
-  connected_pair() {
-    client.connect(acceptor.local_endpoint());
-    accepted = acceptor.accept();
-  }
-};
+using connected_pair = deadpeer::test::loopback_pair;
 
 std::optional<probe::wire_segment> wait_for_segment(probe::wire_observer& w) {
   const auto until = std::chrono::steady_clock::now() + 5s;
@@ -51,13 +44,13 @@ TEST_CASE("wire observer: the server side's FIN on lo, at the instant it was sen
   probe::wire_observer wire("lo");
   connected_pair other;  // a second connection whose close must not count
   connected_pair p;
-  wire.watch(p.accepted.local_endpoint(), p.accepted.remote_endpoint());
-  other.accepted.close();
+  wire.watch(p.server.local_endpoint(), p.server.remote_endpoint());
+  other.server.close();
   p.client.close();  // the client's FIN goes the other way: not watched
   std::this_thread::sleep_for(20ms);
   CHECK_FALSE(wire.first_seen());
   const auto before = deadpeer::monotonic_ns();
-  p.accepted.close();
+  p.server.close();
   const auto after = deadpeer::monotonic_ns();
   const auto seen = wait_for_segment(wire);
   REQUIRE(seen);
@@ -71,9 +64,9 @@ TEST_CASE("wire observer: an abortive close is an RST") {
   if (!wire_available()) return;
   probe::wire_observer wire("lo");
   connected_pair p;
-  wire.watch(p.accepted.local_endpoint(), p.accepted.remote_endpoint());
-  p.accepted.set_option(asio::socket_base::linger(true, 0));
-  p.accepted.close();
+  wire.watch(p.server.local_endpoint(), p.server.remote_endpoint());
+  p.server.set_option(asio::socket_base::linger(true, 0));
+  p.server.close();
   const auto seen = wait_for_segment(wire);
   REQUIRE(seen);
   CHECK(seen->reset);
