@@ -65,6 +65,10 @@ asio::awaitable<std::optional<deadpeer::session_end>> run_once(
     co_return std::nullopt;
   }
 
+  if (s.lab) {  // machine-readable: the experiment watches this 4-tuple on the wire
+    boost::system::error_code ignored;
+    std::cout << "local " << socket.local_endpoint(ignored) << std::endl;
+  }
   asio::steady_timer ended(executor, std::chrono::steady_clock::time_point::max());
   std::optional<deadpeer::session_end> end;
   std::int64_t last_rtt_print = 0;

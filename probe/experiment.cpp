@@ -15,6 +15,7 @@
 #include <deadpeer/clock.hpp>
 #include <deadpeer/detector.hpp>
 #include <deadpeer/duration.hpp>
+#include <deadpeer/endpoint.hpp>
 #include <deadpeer/server.hpp>
 #include <deadpeer/store.hpp>
 
@@ -196,14 +197,21 @@ void set_note(trial_result& r, const std::string& text) {
 
 }  // namespace
 
-std::unique_ptr<wire_observer> open_wire_observer(const lab::network* network, std::string& why) {
+std::unique_ptr<wire_observer> open_wire_observer(const lab::network* network, std::string& why,
+                                                  lab_side side) {
   why = wire_unavailable_reason();
   if (!why.empty()) return nullptr;
   std::unique_ptr<wire_observer> w;
-  auto open = [&] { w = std::make_unique<wire_observer>(network ? network->topo().server_if : "lo"); };
+  const bool server = side == lab_side::server;
+  auto open = [&] {
+    w = std::make_unique<wire_observer>(
+        !network ? "lo" : server ? network->topo().server_if : network->topo().victim_if);
+  };
   try {
-    if (network)
+    if (network && server)
       network->in_server_ns(open);
+    else if (network)
+      network->in_victim_ns(open);
     else
       open();
   } catch (const std::exception& e) {
@@ -221,7 +229,9 @@ void record_wire(wire_observer* wire, trial_result& r, std::int64_t decided_ns) 
     std::this_thread::sleep_for(milliseconds(2));
   if (!seen) {
     r.wire_segment = "none";
-    set_note(r, "wire: no FIN or RST from the detecting side (a kernel abort sends none)");
+    set_note(r,
+             "wire: no FIN or RST from the detecting side crossed the interface (none is sent "
+             "after a reset from the peer; a cut cable or a link that is down stops it)");
     return;
   }
   r.wire_mono_ns = seen->mono_ns;
@@ -537,6 +547,10 @@ std::vector<trial_result> run_server_faults(const experiment_config& config, std
   const fs::path dir =
       fs::temp_directory_path() / ("deadpeer-probe-server-" + std::to_string(::getpid()));
   fs::create_directories(dir);
+  // The client decides here: the wire to watch is its FIN or RST, on its side.
+  std::string wire_why;
+  const auto wire = open_wire_observer(network, wire_why, lab_side::victim);
+  if (!wire) std::cerr << "probe: the wire is not observed in these trials: " << wire_why << "\n";
   std::vector<trial_result> results;
   for (int i = 0; i < config.trials && !interrupted(); ++i) {
     trial_result r;
@@ -570,6 +584,17 @@ std::vector<trial_result> run_server_faults(const experiment_config& config, std
       throw;
     }
     child_process& client = *client_process;
+    bool wire_watched = false;
+    const auto& said = client.output();
+    auto at = said.rfind("local ", 0) == 0 ? 0 : said.find("\nlocal ");
+    if (at != std::string::npos && at > 0) ++at;
+    if (wire && at != std::string::npos) {
+      const auto text = said.substr(at + 6);
+      wire->watch(deadpeer::parse_endpoint(text.substr(0, text.find('\n'))),
+                  tcp::endpoint(asio::ip::make_address(listen_address),
+                                static_cast<unsigned short>(std::stoi(port))));
+      wire_watched = true;
+    }
 
     const auto t0 = deadpeer::monotonic_ns();
     if (config.fault == "server-crash") server.signal(SIGKILL);
@@ -592,6 +617,7 @@ std::vector<trial_result> run_server_faults(const experiment_config& config, std
       r.error_name = std::string(deadpeer::linux_errno_name(r.error_number));
       r.outcome = detected_ns < t0 ? "premature" : "detected";
       set_note(r, "silence " + fields["silence_ms"] + " ms (client side)");
+      if (wire_watched) record_wire(wire.get(), r, detected_ns);
     } else {
       r.outcome = interrupted() ? "interrupted" : "missed";
       if (!interrupted()) set_note(r, "not detected within " + deadpeer::format_duration(limit));

@@ -124,9 +124,12 @@ class child_process;
 std::int64_t inject_fault(const std::string& fault, lab::network* network, child_process& victim);
 
 class wire_observer;
-/// The wire observer of the lab's server side (its veth end, in its namespace) or of lo
-/// when there is no lab; nullptr when packet sockets are not permitted (`why` says so).
-std::unique_ptr<wire_observer> open_wire_observer(const lab::network* network, std::string& why);
+/// The wire observer of one side of the lab (its veth end, in its namespace: the side
+/// whose FIN or RST is watched) or of lo when there is no lab; nullptr when packet sockets
+/// are not permitted (`why` says so).
+enum class lab_side { server, victim };
+std::unique_ptr<wire_observer> open_wire_observer(const lab::network* network, std::string& why,
+                                                  lab_side side = lab_side::server);
 /// After a decision at `decided_ns`: waits up to 200 ms for the FIN or RST the observer
 /// watches and records it in `r` (wire_segment "none" when there was none).
 void record_wire(wire_observer* wire, trial_result& r, std::int64_t decided_ns);

@@ -142,7 +142,7 @@ int answer_reader::feed(std::string_view bytes) {
 }
 
 std::optional<std::size_t> answer_reader::complete_answer() {
-  switch (greeting_->kind) {
+  switch (greeting_.kind) {
     case greeting::protocol::raw:
     case greeting::protocol::send:
       return std::nullopt;  // whatever a server says back is not an answer we wait for

@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace probe {
@@ -42,7 +43,7 @@ struct greeting {
 /// Splits a server's answers out of the bytes received so far.
 class answer_reader {
  public:
-  explicit answer_reader(const greeting& g) : greeting_(&g) {}
+  explicit answer_reader(greeting g) : greeting_(std::move(g)) {}
   /// Appends `bytes` and returns how many complete answers they finish. A malformed
   /// answer sets error() and stops counting.
   int feed(std::string_view bytes);
@@ -51,7 +52,7 @@ class answer_reader {
  private:
   std::optional<std::size_t> complete_answer();  // its size, when whole
 
-  const greeting* greeting_;
+  greeting greeting_;  // a copy: a reader may outlive the greeting it was made from
   std::string buffer_;
   std::string error_;
   bool connected_ = false;  // mqtt: CONNACK seen
