@@ -3,6 +3,7 @@
 #include "cli.hpp"
 #include "experiment.hpp"
 #include "greeting.hpp"
+#include "http_client.hpp"
 #include "lab.hpp"
 
 #include <deadpeer/config_error.hpp>
@@ -171,6 +172,39 @@ void print_next_steps(const experiment_config& c, std::int64_t run_id) {
            "  probe run --fault hang --heartbeat 200ms --dead-after 600ms\n";
 }
 
+// An external heartbeat-server's kernel keepalive is its own: read it from /status, so
+// trials are labelled (and bounded) with the settings actually in force.
+void adopt_server_keepalive(experiment_config& c, bool user_gave_keepalive) {
+  if (!c.server) return;
+  const auto host = c.server->address().to_string();
+  const auto port =
+      c.server_control_port.value_or(static_cast<unsigned short>(c.server->port() + 1));
+  http_response r;
+  try {
+    r = http_get(host, port, "/status", std::chrono::seconds(5));
+  } catch (const std::exception& e) {
+    throw std::runtime_error(std::string("cannot read the server's settings: ") + e.what() +
+                             " (give its control API with --control-port)");
+  }
+  if (r.status != 200)
+    throw std::runtime_error("the server's /status answered " + std::to_string(r.status));
+  const auto status = json::parse(r.body).as_object();
+  const auto* spec = status.if_contains("keepalive");
+  if (spec == nullptr || !spec->is_string()) return;
+  const std::string text(spec->as_string());
+  std::optional<deadpeer::keepalive_options> in_force;
+  if (text != "system default") in_force = deadpeer::parse_keepalive(text);
+  if (user_gave_keepalive && (in_force ? deadpeer::to_string(*in_force) : "system") !=
+                                 (c.keepalive ? deadpeer::to_string(*c.keepalive) : "system"))
+    throw usage_error("the server at " + host + ":" + std::to_string(c.server->port()) +
+                      " runs keepalive " + text +
+                      "; --keepalive cannot change an external server's settings: drop it");
+  if (c.user_timeout)
+    throw usage_error("--user-timeout cannot change an external server's settings (it runs " +
+                      text + "): drop it");
+  c.keepalive = in_force;  // its user timeout, if any, is part of the spec
+}
+
 // Target mode: a server probe did not write.
 void add_target_options(po::options_description& o) {
   o.add_options()  //
@@ -256,6 +290,7 @@ int command_run(const std::vector<std::string>& args) {
   config.heartbeat = parse_heartbeat(vm["heartbeat"].as<std::string>());
   if (vm.count("keepalive") != 0)
     config.keepalive = deadpeer::parse_keepalive(vm["keepalive"].as<std::string>());
+  adopt_server_keepalive(config, vm.count("keepalive") != 0);
   if (config.fault == "hang" || config.fault == "crash-rst")
     if (config.heartbeat && config.effective_dead_after() <= *config.heartbeat)
       throw usage_error("--dead-after must be longer than the heartbeat interval");

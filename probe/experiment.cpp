@@ -116,6 +116,7 @@ class embedded_server {
 // Where the server is and how to ask it for events.
 struct server_access {
   std::string address;  // what the victim connects to
+  std::string control_host = "127.0.0.1";  // where its control API listens
   unsigned short port = 0;
   unsigned short control_port = 0;
   const lab::network* network = nullptr;  // control API lives in the server namespace
@@ -124,7 +125,7 @@ struct server_access {
     http_response r;
     auto get = [&] {
       r = http_get(
-          "127.0.0.1", control_port,
+          control_host, control_port,
           "/events?since=" + std::to_string(since) + "&wait=" + std::to_string(wait.count()),
           wait + std::chrono::seconds(5));
     };
@@ -163,7 +164,7 @@ std::uint64_t latest_event_id(const server_access& server) {
 std::optional<unsigned short> victim_local_port(const server_access& server,
                                                 const std::string& client_id) {
   http_response r;
-  auto get = [&] { r = http_get("127.0.0.1", server.control_port, "/connections"); };
+  auto get = [&] { r = http_get(server.control_host, server.control_port, "/connections"); };
   if (server.network)
     server.network->in_server_ns(get);
   else
@@ -673,6 +674,7 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
   server.network = network.get();
   if (config.server) {
     server.address = config.server->address().to_string();
+    server.control_host = server.address;
     server.port = config.server->port();
     server.control_port =
         config.server_control_port.value_or(static_cast<unsigned short>(config.server->port() + 1));
@@ -702,7 +704,11 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
     try {
       victim_process =
           start_steady_client(network.get(), probe_path,
-                              server.address + ":" + std::to_string(server.port), id, config, {});
+                              (server.address.find(':') != std::string::npos
+                                   ? "[" + server.address + "]"
+                                   : server.address) +
+                                  ":" + std::to_string(server.port),
+                              id, config, {});
     } catch (const std::runtime_error&) {
       if (interrupted()) break;  // Ctrl-C during warm-up: no trial happened
       throw;

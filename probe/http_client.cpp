@@ -1,86 +1,94 @@
+// The control API client, on Boost.Beast: any host (IPv4, IPv6 literal or name), chunked
+// or sized bodies, one deadline over resolve, connect, write and read. The operations are
+// asynchronous only so the deadline (beast::tcp_stream's expiry) can cover them; the call
+// itself blocks on a private io_context.
 #include "http_client.hpp"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <unistd.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
 
-#include <array>
-#include <cctype>
-#include <cerrno>
-#include <cstring>
 #include <stdexcept>
 
 namespace probe {
 namespace {
 
-class fd_guard {
- public:
-  explicit fd_guard(int fd) : fd_(fd) {}
-  ~fd_guard() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  fd_guard(const fd_guard&) = delete;
-  fd_guard& operator=(const fd_guard&) = delete;
-  int get() const { return fd_; }
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
 
- private:
-  int fd_;
-};
+// A body larger than this is refused: the control API's answers are far smaller.
+constexpr std::uint64_t body_limit = 64 * 1024 * 1024;
+
+std::string host_for_url(const std::string& host) {
+  return host.find(':') != std::string::npos && host.front() != '[' ? "[" + host + "]" : host;
+}
 
 }  // namespace
 
 http_response http_get(const std::string& host, unsigned short port, const std::string& target,
                        std::chrono::milliseconds timeout) {
-  const std::string url = "http://" + host + ":" + std::to_string(port) + target;
-  auto fail = [&](const std::string& why) { return std::runtime_error("GET " + url + ": " + why); };
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  if (::inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) throw fail("not an IPv4 address");
-  fd_guard fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (fd.get() < 0) throw fail(std::strerror(errno));
-  timeval tv{};
-  tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
-  tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
-  ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
-    throw fail(std::strerror(errno));
-  const std::string request =
-      "GET " + target + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n\r\n";
-  for (std::size_t sent = 0; sent < request.size();) {
-    const auto n = ::send(fd.get(), request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw fail(std::strerror(errno));
-    sent += static_cast<std::size_t>(n);
+  const std::string authority = host_for_url(host) + ":" + std::to_string(port);
+  const std::string url = "http://" + authority + target;
+  std::string bare_host = host;
+  if (bare_host.size() > 2 && bare_host.front() == '[' && bare_host.back() == ']')
+    bare_host = bare_host.substr(1, bare_host.size() - 2);
+
+  asio::io_context io;
+  tcp::resolver resolver(io);
+  beast::tcp_stream stream(io);
+  beast::flat_buffer buffer;
+  http::request<http::empty_body> request{http::verb::get, target, 11};
+  request.set(http::field::host, authority);
+  request.set(http::field::user_agent, "deadpeer-probe");
+  request.set(http::field::connection, "close");
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(body_limit);
+
+  beast::error_code failure;
+  const char* stage = "resolve";
+  stream.expires_after(timeout);
+  resolver.async_resolve(bare_host, std::to_string(port), [&](beast::error_code ec,
+                                                              tcp::resolver::results_type found) {
+    if ((failure = ec)) return;
+    stage = "connect";
+    stream.async_connect(found, [&](beast::error_code ec2, const tcp::endpoint&) {
+      if ((failure = ec2)) return;
+      stage = "send";
+      http::async_write(stream, request, [&](beast::error_code ec3, std::size_t) {
+        if ((failure = ec3)) return;
+        stage = "read";
+        http::async_read(stream, buffer, parser,
+                         [&](beast::error_code ec4, std::size_t) { failure = ec4; });
+      });
+    });
+  });
+  // The resolver's own deadline: tcp_stream's expiry starts with the connect.
+  io.run_for(timeout + std::chrono::seconds(1));
+  if (!io.stopped()) {
+    resolver.cancel();
+    stream.cancel();
+    io.run();
+    throw std::runtime_error("GET " + url + ": no answer in time (" + stage + ")");
   }
-  std::string raw;
-  std::array<char, 8192> buffer{};
-  for (;;) {
-    const auto n = ::recv(fd.get(), buffer.data(), buffer.size(), 0);
-    if (n == 0) break;
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw fail(errno == EAGAIN ? "no answer in time" : std::strerror(errno));
-    raw.append(buffer.data(), static_cast<std::size_t>(n));
-  }
-  const auto head_end = raw.find("\r\n\r\n");
-  if (raw.rfind("HTTP/1.", 0) != 0 || head_end == std::string::npos || raw.size() < 12)
-    throw fail("not an HTTP response");
+  if (failure)
+    throw std::runtime_error("GET " + url + ": " +
+                             (failure == beast::error::timeout ? std::string("no answer in time")
+                                                               : failure.message()) +
+                             " (" + stage + ")");
+  auto response = parser.release();
   http_response r;
-  r.status = std::atoi(raw.substr(9, 3).c_str());
-  const std::string head = raw.substr(0, head_end);
-  std::string lower;
-  for (const char c : head)
-    lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (lower.find("transfer-encoding: chunked") != std::string::npos)
-    throw fail("chunked responses are not supported");
-  if (const auto at = lower.find("\r\ncontent-type: "); at != std::string::npos) {
-    const auto start = at + 16;
-    r.content_type = head.substr(start, head.find("\r\n", start) - start);
-  }
-  r.body = raw.substr(head_end + 4);
+  r.status = static_cast<int>(response.result_int());
+  if (const auto type = response.find(http::field::content_type); type != response.end())
+    r.content_type = std::string(type->value());
+  r.body = std::move(response.body());
   return r;
 }
 

@@ -1,6 +1,5 @@
-// A minimal HTTP/1.1 GET for the control API: Connection: close, read to EOF, bounded by
-// a receive timeout. The probe only ever talks to its own heartbeat-server, so this is
-// all the HTTP it needs.
+// An HTTP/1.1 GET for heartbeat-server's control API (and any other): Connection: close,
+// one deadline for the whole exchange, IPv4, IPv6 and host names.
 #pragma once
 
 #include <chrono>
@@ -14,8 +13,9 @@ struct http_response {
   std::string body;
 };
 
-/// GET http://host:port/target. Throws std::runtime_error naming the URL on connect,
-/// timeout or protocol failure.
+/// GET http://host:port/target; `host` is an address (an IPv6 one with or without
+/// brackets) or a name. Throws std::runtime_error naming the URL and the stage that
+/// failed (resolve, connect, send, read) on error or timeout.
 http_response http_get(const std::string& host, unsigned short port, const std::string& target,
                        std::chrono::milliseconds timeout = std::chrono::seconds(10));
 

@@ -248,3 +248,32 @@ TEST_CASE("end to end: two heartbeat-server processes share one port with --reus
   CHECK(a > 0);
   CHECK(b > 0);
 }
+
+TEST_CASE("end to end: probe measures an external server over IPv6 and labels its real keepalive") {
+  const auto dir = fs::temp_directory_path() / ("deadpeer-e2e-v6-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  child_process server({DEADPEER_SERVER_BINARY, "--listen", "[::1]:0", "--control", "[::1]:0",
+                        "--db", (dir / "server.db").string(), "--keepalive", "1s:1s:3"});
+  const auto banner = server.wait_for_line("listening on", 10s);
+  REQUIRE(banner);
+  // "heartbeat-server listening on [::1]:P, control API on http://[::1]:C"
+  const auto port = banner->substr(banner->find("[::1]:") + 6);
+  const auto control = banner->substr(banner->find("http://[::1]:") + 13);
+  const auto db = dir / "results.db";
+  child_process run({DEADPEER_PROBE_BINARY, "run", "--fault", "crash", "--trials", "1", "--server",
+                     "[::1]:" + port.substr(0, port.find(',')), "--control-port",
+                     control.substr(0, control.find_first_not_of("0123456789")), "--db",
+                     db.string()});
+  while (run.read_line(60s)) {
+  }
+  const auto status = run.wait(60s);
+  INFO(run.output());
+  REQUIRE(status.has_value());
+  CHECK(WIFEXITED(*status));
+  CHECK(WEXITSTATUS(*status) == 0);
+  // The trial is labelled with the keepalive the server runs, not "system".
+  CHECK(run.output().find("keepalive=1s:1s:3") != std::string::npos);
+  CHECK(run.output().find("trial 1/1: detected") != std::string::npos);
+  std::error_code ignored;
+  fs::remove_all(dir, ignored);
+}
