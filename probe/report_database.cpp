@@ -1,0 +1,158 @@
+// probe report, reading: the selected rows of the trials table, through a read-only
+// connection (a report never changes results and runs beside a sweep that writes).
+#include "report.hpp"
+
+#include "cli.hpp"
+
+#include <sqlite3.h>
+
+#include <charconv>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace probe {
+namespace report {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string no_results(const std::string& path) {
+  return "no results in " + path + ": run probe --simulate-crash first";
+}
+
+
+// --- SQLite ----------------------------------------------------------------------------
+
+struct db_closer {
+  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
+};
+struct stmt_finalizer {
+  void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
+};
+using db_ptr = std::unique_ptr<sqlite3, db_closer>;
+using stmt_ptr = std::unique_ptr<sqlite3_stmt, stmt_finalizer>;
+
+stmt_ptr prepare(sqlite3* db, const std::string& path, const char* sql) {
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(db, sql, -1, &s, nullptr) != SQLITE_OK) {
+    const std::string why = sqlite3_errmsg(db);
+    sqlite3_finalize(s);
+    throw usage_error("cannot read " + path + ": " + why);
+  }
+  return stmt_ptr(s);
+}
+
+std::string column_text(sqlite3_stmt* s, int column) {
+  const auto* text = sqlite3_column_text(s, column);
+  return text == nullptr ? std::string() : std::string(reinterpret_cast<const char*>(text));
+}
+
+/// The single integer a one-row query returns (0 for NULL).
+std::int64_t query_integer(sqlite3* db, const std::string& path, const char* sql) {
+  const auto s = prepare(db, path, sql);
+  const int rc = sqlite3_step(s.get());
+  if (rc != SQLITE_ROW) throw std::runtime_error("cannot read " + path + ": " + sqlite3_errmsg(db));
+  return sqlite3_column_int64(s.get(), 0);
+}
+
+
+}  // namespace
+
+// --- database --------------------------------------------------------------------------
+
+run_selection parse_run_selection(std::string_view text) {
+  if (text == "all") return {};
+  if (text == "last") return {run_selection::kind::last, 0};
+  std::int64_t id = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), id);
+  if (ec != std::errc{} || end != text.data() + text.size() || id <= 0)
+    throw usage_error("--run \"" + std::string(text) +
+                      "\" is not a run: give a run id (a positive number), last or all");
+  return {run_selection::kind::id, id};
+}
+
+std::vector<trial_row> load_trials(const std::string& path, const run_selection& selection,
+                                   std::string& description) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw usage_error(no_results(path));
+  sqlite3* raw = nullptr;
+  const int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READONLY, nullptr);
+  db_ptr db(raw);
+  if (rc != SQLITE_OK)
+    throw usage_error("cannot read " + path + ": " +
+                      (raw != nullptr ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)));
+  sqlite3_busy_timeout(db.get(), 5000);
+
+  if (query_integer(db.get(), path,
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = "
+                    "'trials'") == 0)
+    throw usage_error(no_results(path));
+
+  std::int64_t run_id = 0;
+  switch (selection.which) {
+    case run_selection::kind::all:
+      description = "all runs";
+      break;
+    case run_selection::kind::id:
+      run_id = selection.id;
+      description = "run " + std::to_string(run_id);
+      break;
+    case run_selection::kind::last:
+      // The newest run, even if it has no trials yet: "last" never silently means an
+      // older run.
+      run_id = query_integer(db.get(), path, "SELECT coalesce(max(id), 0) FROM runs");
+      if (run_id == 0) {
+        description = "the last run (there is none)";
+        return {};
+      }
+      description = "the last run (" + std::to_string(run_id) + ")";
+      break;
+  }
+
+  // Schema 1 files (read-only here, so not upgraded) have no wire columns: 0 stands in.
+  const bool has_wire = query_integer(db.get(), path,
+                                      "SELECT count(*) FROM pragma_table_info('trials') "
+                                      "WHERE name = 'wire_mono_ns'") == 1;
+  const std::string query =
+      std::string("SELECT run_id, fault, config_key, keepalive, heartbeat_interval_ms, detector, "
+                  "user_timeout_ms, bound_ms, latency_ms, latency_ms_exact, detected_by, "
+                  "outcome, detected_mono_ns, ") +
+      (has_wire ? "wire_mono_ns" : "0") + " FROM trials " +
+      (selection.which == run_selection::kind::all ? "" : "WHERE run_id = ? ") + "ORDER BY id";
+  const auto s = prepare(db.get(), path, query.c_str());
+  if (selection.which != run_selection::kind::all) sqlite3_bind_int64(s.get(), 1, run_id);
+
+  std::vector<trial_row> rows;
+  int step = SQLITE_OK;
+  while ((step = sqlite3_step(s.get())) == SQLITE_ROW) {
+    trial_row r;
+    r.run_id = sqlite3_column_int64(s.get(), 0);
+    r.fault = column_text(s.get(), 1);
+    r.config_key = column_text(s.get(), 2);
+    r.keepalive = column_text(s.get(), 3);
+    r.heartbeat_interval_ms = sqlite3_column_int64(s.get(), 4);
+    r.detector = column_text(s.get(), 5);
+    r.user_timeout_ms = sqlite3_column_int64(s.get(), 6);
+    r.bound_ms = sqlite3_column_int64(s.get(), 7);
+    // latency_ms_exact is NULL when the program produced NaN: fall back to whole ms.
+    const double latency = sqlite3_column_type(s.get(), 9) == SQLITE_NULL
+                               ? static_cast<double>(sqlite3_column_int64(s.get(), 8))
+                               : sqlite3_column_double(s.get(), 9);
+    if (latency >= 0) r.latency_ms = latency;
+    r.detected_by = column_text(s.get(), 10);
+    r.outcome = column_text(s.get(), 11);
+    const auto decided_ns = sqlite3_column_int64(s.get(), 12);
+    const auto wire_ns = sqlite3_column_int64(s.get(), 13);
+    if (decided_ns > 0 && wire_ns > 0) r.wire_gap_ms = static_cast<double>(wire_ns - decided_ns) / 1e6;
+    rows.push_back(std::move(r));
+  }
+  if (step != SQLITE_DONE)
+    throw std::runtime_error("cannot read " + path + ": " + sqlite3_errmsg(db.get()));
+  return rows;
+}
+
+
+}  // namespace report
+}  // namespace probe

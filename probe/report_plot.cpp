@@ -1,0 +1,293 @@
+// probe report --plot: a PNG drawn by the gnuplot program (one Debian package; the data
+// and script it was given can be kept and rerun by hand).
+#include "report.hpp"
+
+#include "child_process.hpp"
+#include "report_text.hpp"
+
+#include <sys/wait.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <optional>
+#include <system_error>
+#include <vector>
+
+namespace probe {
+namespace report {
+namespace {
+
+namespace fs = std::filesystem;
+using detail::number_text;
+using detail::printf_text;
+
+// --- processes and files for the plot ---------------------------------------------------
+
+/// A fresh private directory, removed with its contents when this object ends.
+class temp_directory {
+ public:
+  temp_directory() {
+    std::error_code ec;
+    auto base = fs::temp_directory_path(ec);
+    if (ec) base = "/tmp";
+    std::string name = (base / "deadpeer-report-XXXXXX").string();
+    if (::mkdtemp(name.data()) == nullptr)
+      throw plot_error("cannot create a temporary directory in " + base.string() + ": " +
+                       std::strerror(errno));
+    path_ = name;
+  }
+  ~temp_directory() {
+    std::error_code ignored;
+    fs::remove_all(path_, ignored);
+  }
+  temp_directory(const temp_directory&) = delete;
+  temp_directory& operator=(const temp_directory&) = delete;
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+/// Runs `program` with `args`, stdout and stderr into `log`, through probe's one spawn
+/// helper. Returns true when it exited with status 0 within two minutes.
+bool run_program(const std::string& program, const std::vector<std::string>& args,
+                 const fs::path& log) {
+  std::vector<std::string> argv{program};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::optional<int> status;
+  try {
+    child_process child(argv, log.string());
+    status = child.wait(std::chrono::minutes(2));
+  } catch (const std::system_error& e) {
+    throw plot_error("cannot run " + program + ": " + e.what());
+  }
+  if (!status) throw plot_error(program + " did not finish within 2 minutes");
+  return WIFEXITED(*status) && WEXITSTATUS(*status) == 0;
+}
+
+std::string read_text(const fs::path& file) {
+  std::ifstream in(file);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+void write_text(const fs::path& file, const std::string& text) {
+  std::ofstream out(file);
+  out << text;
+  if (!out.flush()) throw plot_error("cannot write " + file.string());
+}
+
+/// A gnuplot double-quoted string (escapes work, "\n" breaks the line).
+std::string gp_quoted(std::string_view text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + '"';
+}
+
+/// A gnuplot single-quoted string, for file names (no escapes; '' is a quote).
+std::string gp_path(const fs::path& path) {
+  std::string out = "'";
+  for (const char c : path.string()) {
+    if (c == '\'') out += '\'';
+    out += c;
+  }
+  return out + '\'';
+}
+
+/// The configuration one setting per line, for a tic label: splits at the spaces that
+/// separate settings, not at those inside "(fixed 3s)".
+std::vector<std::string> label_lines(std::string_view configuration) {
+  std::vector<std::string> lines(1);
+  int depth = 0;
+  for (const char c : configuration) {
+    if (c == '(') ++depth;
+    if (c == ')' && depth > 0) --depth;
+    if (c == ' ' && depth == 0) {
+      if (!lines.back().empty()) lines.emplace_back();
+      continue;
+    }
+    lines.back() += c;
+  }
+  return lines;
+}
+
+std::string join_lines(const std::vector<std::string>& lines) {
+  std::string text;
+  for (const auto& line : lines)
+    text += (text.empty() ? "" : "\n") + line;
+  return text;
+}
+
+/// Spreads the points of one column sideways so equal latencies do not hide each other:
+/// the golden-ratio sequence fills [-0.25, 0.25) evenly and is the same on every run.
+double jitter(std::size_t k) {
+  const double golden = 0.6180339887498949;
+  const double f = static_cast<double>(k) * golden;
+  return (f - std::floor(f) - 0.5) * 0.5;
+}
+
+/// A latency in seconds for a log axis (a 0 ms latency would vanish: shown as 1 µs).
+double plot_seconds(double ms) {
+  return std::max(ms, 0.001) / 1000.0;
+}
+
+
+}  // namespace
+
+// --- plot ------------------------------------------------------------------------------
+
+std::optional<std::string> find_gnuplot() {
+  const char* path = std::getenv("PATH");
+  std::string_view dirs = path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin";
+  while (true) {
+    const auto colon = dirs.find(':');
+    std::string dir(dirs.substr(0, colon));
+    if (dir.empty()) dir = ".";
+    const auto candidate = fs::path(dir) / "gnuplot";
+    std::error_code ec;
+    if (fs::is_regular_file(candidate, ec) && ::access(candidate.c_str(), X_OK) == 0)
+      return candidate.string();
+    if (colon == std::string_view::npos) return std::nullopt;
+    dirs.remove_prefix(colon + 1);
+  }
+}
+
+void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials,
+                const std::vector<summary_row>& rows, const std::string& png_path,
+                std::string_view title) {
+  std::map<std::pair<std::string, std::string>, std::size_t> column_of;
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    column_of[{rows[i].fault, rows[i].config_key}] = i;
+
+  // Panel 1 data: x = the configuration's column (plus jitter), y = latency in seconds.
+  std::string points;
+  std::vector<std::size_t> placed(rows.size(), 0);
+  std::map<std::string, std::vector<double>> by_layer;
+  for (const auto& t : trials) {
+    if (t.outcome != "detected" || !t.latency_ms) continue;
+    const auto found = column_of.find({t.fault, t.config_key});
+    if (found == column_of.end()) continue;
+    const auto column = found->second;
+    points += number_text(static_cast<double>(column) + jitter(placed[column]++)) + " " +
+              number_text(plot_seconds(*t.latency_ms)) + "\n";
+    by_layer[t.detected_by.empty() ? std::string("unknown") : t.detected_by].push_back(
+        plot_seconds(*t.latency_ms));
+  }
+  if (by_layer.empty())
+    throw plot_error("nothing to plot: no trial in the selection detected its fault");
+
+  std::string bounds;
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    if (rows[i].bound_ms && *rows[i].bound_ms > 0)
+      bounds += std::to_string(i) + " " +
+                number_text(static_cast<double>(*rows[i].bound_ms) / 1000.0) + "\n";
+
+  // Panel 2 data: one block per detecting layer (gnuplot "index i"), y and jitter.
+  std::string layers;
+  std::vector<std::string> layer_names;
+  for (const auto& [name, values] : by_layer) {
+    if (!layer_names.empty()) layers += "\n\n";
+    layer_names.push_back(name);
+    for (std::size_t k = 0; k < values.size(); ++k)
+      layers += number_text(values[k]) + " " + number_text(jitter(k)) + "\n";
+  }
+
+  temp_directory dir;
+  const auto points_file = dir.path() / "trials.dat";
+  const auto bounds_file = dir.path() / "bounds.dat";
+  const auto layers_file = dir.path() / "layers.dat";
+  const auto script_file = dir.path() / "plot.gp";
+  const auto log_file = dir.path() / "gnuplot.log";
+  const auto image_file = dir.path() / "plot.png";
+  write_text(points_file, points);
+  write_text(bounds_file, bounds);
+  write_text(layers_file, layers);
+
+  // pngcairo draws antialiased text; the libgd png terminal is the fallback.
+  run_program(gnuplot, {"-e", "set terminal"}, log_file);
+  const bool cairo = read_text(log_file).find("pngcairo") != std::string::npos;
+
+  std::string config_tics;
+  std::size_t label_height = 1;
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    auto lines = label_lines(rows[i].configuration);
+    lines.insert(lines.begin(), rows[i].fault);
+    if (rows[i].failures() > 0)
+      lines.push_back("(" + std::to_string(rows[i].failures()) + " failed)");
+    label_height = std::max(label_height, lines.size());
+    config_tics += (i > 0 ? ", " : "") + gp_quoted(join_lines(lines)) + " " + std::to_string(i);
+  }
+  std::string layer_tics;
+  for (std::size_t i = 0; i < layer_names.size(); ++i)
+    layer_tics += (i > 0 ? ", " : "") +
+                  gp_quoted(layer_names[i] +
+                            "\n(n=" + std::to_string(by_layer[layer_names[i]].size()) + ")") +
+                  " " + std::to_string(i + 1);
+
+  const std::size_t width = std::clamp<std::size_t>(160 * rows.size() + 200, 1000, 8000);
+  std::ostringstream gp;
+  gp << "set terminal " << (cairo ? "pngcairo" : "png") << " size " << width << ",1100"
+     << (cairo ? " font \"sans,10\"" : "") << " noenhanced\n"
+     << "set output " << gp_path(image_file) << "\n"
+     << "set multiplot layout 2,1 title " << gp_quoted(title) << "\n"
+     << "set logscale y\n"
+     << "set format y \"%g\"\n"
+     << "set ylabel \"detection latency (s)\"\n"
+     << "set grid ytics\n"
+     << "set key outside top center horizontal\n"
+     << "set bmargin " << label_height + 2 << "\n"
+     << "set title \"latency per configuration: points are detected trials, bars the bound "
+        "the settings promise\"\n"
+     << "set xrange [-0.5:" << static_cast<double>(rows.size()) - 0.5 << "]\n"
+     << "set xtics (" << config_tics << ")\n"
+     << "plot ";
+  // Bounds first, so the trials' points are drawn on top of their bar.
+  if (!bounds.empty())
+    gp << gp_path(bounds_file)
+       << " using ($1-0.4):2:(0.8):(0) with vectors nohead linewidth 3 linecolor rgb "
+          "\"#d62728\" title \"promised bound\", ";
+  gp << gp_path(points_file)
+     << " using 1:2 with points pointtype 7 pointsize 0.7 linecolor rgb \"#1f77b4\" title "
+        "\"detected trial\"\n";
+  gp << "set title \"latency distribution per detecting layer (all configurations)\"\n"
+     << "set bmargin 4\n"
+     << "set xrange [0.3:" << static_cast<double>(layer_names.size()) + 0.7 << "]\n"
+     << "set xtics (" << layer_tics << ")\n"
+     << "set style fill solid 0.25 border -1\n"
+     << "set style boxplot nooutliers\n"
+     << "unset key\n"
+     << "plot for [i=0:" << layer_names.size() - 1 << "] " << gp_path(layers_file)
+     << " index i using (i+1):1:(0.5) with boxplot linecolor i+1, \\\n"
+     << "     for [i=0:" << layer_names.size() - 1 << "] " << gp_path(layers_file)
+     << " index i using (i+1+$2):1 with points pointtype 7 pointsize 0.6 linecolor i+1\n"
+     << "unset multiplot\n";
+  write_text(script_file, gp.str());
+
+  if (!run_program(gnuplot, {script_file.string()}, log_file))
+    throw plot_error("gnuplot failed to draw " + png_path + ":\n" + read_text(log_file));
+  std::error_code ec;
+  if (!fs::exists(image_file, ec) || fs::file_size(image_file, ec) == 0)
+    throw plot_error("gnuplot drew nothing for " + png_path + ":\n" + read_text(log_file));
+  fs::copy_file(image_file, png_path, fs::copy_options::overwrite_existing, ec);
+  if (ec) throw plot_error("cannot write " + png_path + ": " + ec.message());
+}
+
+
+}  // namespace report
+}  // namespace probe
