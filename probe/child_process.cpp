@@ -44,7 +44,9 @@ bool told_to_stop() {
 
 }  // namespace
 
-void child_process::stop_waiting_when(const std::atomic<bool>* flag) { stop_flag.store(flag); }
+void child_process::stop_waiting_when(const std::atomic<bool>* flag) {
+  stop_flag.store(flag);
+}
 
 // fork + execve rather than posix_spawn, for two things posix_spawn cannot do:
 // - PR_SET_PDEATHSIG: the child is killed when probe dies, even by SIGKILL, so no victim
@@ -93,7 +95,7 @@ void child_process::start(const std::vector<std::string>& argv, int output_fd, b
   if (pid_ == 0) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(127);  // the parent died before prctl took effect
-    ::dup2(output_fd, STDOUT_FILENO);  // dup2 clears CLOEXEC on the copy
+    ::dup2(output_fd, STDOUT_FILENO);         // dup2 clears CLOEXEC on the copy
     if (merge_stderr) ::dup2(output_fd, STDERR_FILENO);
     const int error_fd = ::fcntl(error_pipe[1], F_DUPFD_CLOEXEC, 3);
     if (error_fd > 3) ::dup2(error_fd, 3);

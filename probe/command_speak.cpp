@@ -44,7 +44,9 @@ std::string endpoint_text(const sockaddr_storage& a) {
   return "[" + std::string(host) + "]:" + std::to_string(port);
 }
 
-void say(const std::string& line) { std::cout << line << std::endl; }
+void say(const std::string& line) {
+  std::cout << line << std::endl;
+}
 
 std::string error_words(int error) {
   return "errno=" + std::to_string(error) + " " + std::string(deadpeer::linux_errno_name(error));
@@ -96,7 +98,8 @@ int connect_within(const boost::asio::ip::tcp::endpoint& to, milliseconds timeou
 int command_speak(const std::vector<std::string>& args) {
   po::options_description options("Options");
   options.add_options()  //
-      ("server,s", po::value<std::string>()->value_name("HOST:PORT"), "the server to connect to")  //
+      ("server,s", po::value<std::string>()->value_name("HOST:PORT"),
+       "the server to connect to")  //
       ("greeting,g", po::value<std::string>()->default_value("raw")->value_name("SPEC"),
        "what to say: raw (connect only), send:TEXT (then silence; \\r \\n \\t decoded), "
        "mqtt:keepalive=D (CONNECT, then PINGREQ every D), http[:interval=D] (a keep-alive GET "
@@ -146,8 +149,10 @@ int command_speak(const std::vector<std::string>& args) {
   answer_reader reader(g);
   const auto request = g.request(endpoint_text(remote));
   // MQTT pings a keep alive after CONNECT; HTTP and Redis ask at once.
-  auto next_request = clock_type::now() + (g.kind == greeting::protocol::mqtt ? g.interval : milliseconds(0));
-  const bool waits_for_answer = g.kind != greeting::protocol::raw && g.kind != greeting::protocol::send;
+  auto next_request =
+      clock_type::now() + (g.kind == greeting::protocol::mqtt ? g.interval : milliseconds(0));
+  const bool waits_for_answer =
+      g.kind != greeting::protocol::raw && g.kind != greeting::protocol::send;
   if (!waits_for_answer) say("ready");
   int exchanges = 0;
   char buffer[16384];

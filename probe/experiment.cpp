@@ -19,18 +19,13 @@
 #include <deadpeer/server.hpp>
 #include <deadpeer/store.hpp>
 
-#include <sqlite3.h>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/json.hpp>
 
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
-#include <atomic>
-#include <cmath>
 #include <filesystem>
 #include <future>
 #include <iomanip>
@@ -47,12 +42,6 @@ namespace json = boost::json;
 namespace fs = std::filesystem;
 using std::chrono::milliseconds;
 using tcp = asio::ip::tcp;
-
-std::atomic<bool> interrupt_flag{false};
-
-constexpr milliseconds embedded_reap_interval{100};
-constexpr milliseconds kernel_notice_bound{20};
-constexpr milliseconds target_default_limit{60'000};  // FIN/RST on loopback: RTT + scheduling
 
 // An embedded heartbeat-server on its own io_context thread.
 class embedded_server {
@@ -115,7 +104,7 @@ class embedded_server {
 
 // Where the server is and how to ask it for events.
 struct server_access {
-  std::string address;  // what the victim connects to
+  std::string address;                     // what the victim connects to
   std::string control_host = "127.0.0.1";  // where its control API listens
   unsigned short port = 0;
   unsigned short control_port = 0;
@@ -191,314 +180,6 @@ long unread_bytes(unsigned short victim_port) {
   fields >> recv_q;
   return recv_q;
 }
-
-void set_note(trial_result& r, const std::string& text) {
-  r.note += (r.note.empty() ? "" : "; ") + text;
-}
-
-}  // namespace
-
-std::unique_ptr<wire_observer> open_wire_observer(const lab::network* network, std::string& why,
-                                                  lab_side side) {
-  why = wire_unavailable_reason();
-  if (!why.empty()) return nullptr;
-  std::unique_ptr<wire_observer> w;
-  const bool server = side == lab_side::server;
-  auto open = [&] {
-    w = std::make_unique<wire_observer>(
-        !network ? "lo" : server ? network->topo().server_if : network->topo().victim_if);
-  };
-  try {
-    if (network && server)
-      network->in_server_ns(open);
-    else if (network)
-      network->in_victim_ns(open);
-    else
-      open();
-  } catch (const std::exception& e) {
-    why = e.what();
-  }
-  return w;
-}
-
-void record_wire(wire_observer* wire, trial_result& r, std::int64_t decided_ns) {
-  if (wire == nullptr || decided_ns == 0) return;
-  // The close follows the decision at once; allow for the scheduler before saying none.
-  const auto until = deadpeer::monotonic_ns() + 200'000'000;
-  std::optional<wire_segment> seen;
-  while (!(seen = wire->first_seen()) && deadpeer::monotonic_ns() < until)
-    std::this_thread::sleep_for(milliseconds(2));
-  if (!seen) {
-    r.wire_segment = "none";
-    set_note(r,
-             "wire: no FIN or RST from the detecting side crossed the interface (none is sent "
-             "after a reset from the peer; a cut cable or a link that is down stops it)");
-    return;
-  }
-  r.wire_mono_ns = seen->mono_ns;
-  r.wire_segment = seen->reset ? "RST" : "FIN";
-  std::ostringstream text;
-  text << "wire: " << r.wire_segment << " " << std::showpos << std::fixed << std::setprecision(2)
-       << static_cast<double>(seen->mono_ns - decided_ns) / 1e6 << " ms from the decision";
-  set_note(r, text.str());
-}
-
-std::int64_t inject_fault(const std::string& fault, lab::network* network, child_process& victim) {
-  if (fault == "crash" || fault == "crash-rst") {
-    victim.signal(SIGKILL);
-  } else if (fault == "linger0") {
-    victim.signal(SIGUSR1);
-  } else if (fault == "hang") {
-    victim.signal(SIGSTOP);
-  } else if (fault == "half-close") {
-    victim.signal(SIGUSR2);
-  } else if (fault == "cable-pull") {
-    network->cable_pull();
-  } else if (fault == "link-down") {
-    network->link_down();
-  } else if (fault == "reboot") {
-    network->cable_pull();
-    network->destroy_victim_sockets();
-    victim.signal(SIGKILL);
-    (void)victim.wait(std::chrono::seconds(5));
-    network->cable_heal();
-    return deadpeer::monotonic_ns();
-  }
-  return 0;
-}
-
-std::string self_executable() {
-  std::error_code ec;
-  const auto path = fs::read_symlink("/proc/self/exe", ec);
-  if (ec) throw std::runtime_error("cannot find the probe executable: " + ec.message());
-  return path.string();
-}
-
-const std::vector<fault_kind>& fault_kinds() {
-  static const std::vector<fault_kind> kinds{
-      {"crash", "SIGKILL the victim: its kernel sends FIN", false, false, false},
-      {"crash-rst", "SIGKILL the victim with unread data in its receive buffer: RST", false, true,
-       false},
-      {"linger0", "the victim closes with SO_LINGER {1,0}: RST", false, false, false},
-      {"hang", "SIGSTOP the victim: its kernel still ACKs, the application is dead", false, false,
-       false},
-      {"half-close", "the victim shuts down its sending side and goes quiet (CLOSE_WAIT)", false,
-       false, false},
-      {"cable-pull", "nftables drops everything to and from the victim's namespace", true, false,
-       false},
-      {"link-down", "the victim's veth link goes down", true, false, false},
-      {"reboot",
-       "drop, destroy the victim's socket without a FIN, heal: the next segment meets RST", true,
-       false, false},
-      {"server-crash", "SIGKILL a heartbeat-server process; the client must notice", false, false,
-       true},
-      {"server-hang", "SIGSTOP a heartbeat-server process; the client must notice", false, false,
-       true},
-      {"server-cable-pull",
-       "cut the server's network (the client's keepalive or heartbeat must "
-       "notice)",
-       true, false, true},
-  };
-  return kinds;
-}
-
-const fault_kind& find_fault(std::string_view name) {
-  std::string known;
-  for (const auto& f : fault_kinds()) {
-    if (f.name == name) return f;
-    known += (known.empty() ? "" : ", ") + std::string(f.name);
-  }
-  throw usage_error("unknown fault \"" + std::string(name) + "\" (known: " + known + ")");
-}
-
-std::optional<deadpeer::keepalive_options> experiment_config::server_keepalive() const {
-  if (!keepalive && !user_timeout) return std::nullopt;
-  auto k = keepalive.value_or(deadpeer::keepalive_options{});
-  if (user_timeout) k.user_timeout = user_timeout;
-  return k;
-}
-
-milliseconds experiment_config::effective_dead_after() const {
-  if (dead_after) return *dead_after;
-  return heartbeat ? *heartbeat * 3 : milliseconds(0);
-}
-
-std::string experiment_config::config_key() const {
-  if (target)
-    return "target=" + (target->command.empty() ? target->address->address().to_string() + ":" +
-                                                      std::to_string(target->address->port())
-                                                : target->command) +
-           " greeting=" + target->greeting;
-  std::string key = "keepalive=" + (keepalive ? deadpeer::to_string(*keepalive) : "system");
-  key += " user_timeout=" + (user_timeout ? deadpeer::format_duration(*user_timeout) : "none");
-  key += " heartbeat=" + (heartbeat ? deadpeer::format_duration(*heartbeat) : "off");
-  if (heartbeat) {
-    key += " detector=" + detector;
-    key += detector == "phi" ? " phi=" + std::to_string(phi_threshold)
-                             : " dead_after=" + deadpeer::format_duration(effective_dead_after());
-  }
-  if (server) key += " server=external";
-  return key;
-}
-
-deadpeer::detector_config experiment_config::detector_settings() const {
-  const auto interval = heartbeat.value_or(milliseconds(1000));
-  if (detector == "phi") {
-    deadpeer::phi_detector_config p;
-    p.interval = interval;
-    p.threshold = phi_threshold;
-    return p;
-  }
-  return deadpeer::fixed_detector_config{
-      .interval = interval, .multiplier = 3.0, .timeout = effective_dead_after()};
-}
-
-std::string experiment_config::detector_description() const {
-  return deadpeer::make_detector(detector_settings(), std::chrono::steady_clock::now())->describe();
-}
-
-std::optional<milliseconds> experiment_config::bound() const {
-  if (target) return std::nullopt;  // its settings are what is being found out
-  const auto defaults = deadpeer::read_kernel_defaults();
-  const auto k =
-      deadpeer::resolve(server_keepalive().value_or(deadpeer::keepalive_options{}), defaults);
-  const auto kernel = deadpeer::compute_bound(k, defaults.retries2);
-  std::optional<milliseconds> heartbeat_bound;
-  if (heartbeat) {
-    // The detector's verdict after a fresh arrival, plus one interval of timer slack.
-    const std::chrono::steady_clock::time_point start{};
-    const auto d = deadpeer::make_detector(detector_settings(), start);
-    heartbeat_bound = std::chrono::ceil<milliseconds>(d->dead_at() - start) + *heartbeat;
-  }
-  auto smallest = [](std::optional<milliseconds> a, std::optional<milliseconds> b) {
-    if (!a) return b;
-    if (!b) return a;
-    return std::optional(std::min(*a, *b));
-  };
-  if (fault == "crash" || fault == "crash-rst" || fault == "linger0" || fault == "server-crash")
-    return kernel_notice_bound;
-  if (fault == "server-hang") return heartbeat_bound;
-  if (fault == "half-close") return embedded_reap_interval * 2;  // ring bucket + one sweep
-  if (fault == "hang") return heartbeat_bound;  // keepalive cannot see a hung process
-  if (fault == "reboot") {
-    // The first segment after healing meets RST: a keepalive probe or a PING.
-    std::optional<milliseconds> keepalive_next;
-    if (k.enabled) keepalive_next = milliseconds(k.idle) + milliseconds(k.interval);
-    return smallest(keepalive_next, heartbeat ? std::optional(*heartbeat * 2) : std::nullopt);
-  }
-  // cable-pull, link-down, server-cable-pull: idle when heartbeats are off; with heartbeats a PING
-  // goes unacknowledged, so the kernel's busy bound applies alongside the detector.
-  if (heartbeat) return smallest(heartbeat_bound, kernel.busy);
-  return kernel.idle;
-}
-
-milliseconds experiment_config::hard_limit() const {
-  if (limit) return *limit;
-  if (target) return target_default_limit;
-  const auto b = bound();
-  if (!b) return milliseconds(10'000);
-  return std::min(*b * 3 + milliseconds(10'000), milliseconds(300'000));
-}
-
-void run_again_in_user_namespace(const std::string& command, const std::vector<std::string>& args) {
-  constexpr const char* marker = "DEADPEER_IN_USER_NAMESPACE";
-  if (::geteuid() == 0 || std::getenv(marker) != nullptr) return;
-  std::vector<std::string> argv{
-      "unshare", "--user", "--net", "--mount", "--map-root-user", "sh", "-c",
-      // lo for the embedded server, a private /run for ip netns.
-      "ip link set lo up && mount -t tmpfs tmpfs /run && exec \"$0\" \"$@\"", self_executable(),
-      command};
-  argv.insert(argv.end(), args.begin(), args.end());
-  std::vector<char*> raw;
-  for (auto& a : argv)
-    raw.push_back(a.data());
-  raw.push_back(nullptr);
-  ::setenv(marker, "1", 1);
-  std::cerr << "probe: no CAP_NET_ADMIN here; running again inside a new user and network "
-               "namespace (unshare --user --net --mount --map-root-user)"
-            << std::endl;
-  ::execvp("unshare", raw.data());
-  ::unsetenv(marker);  // exec failed: the caller reports why the lab is unavailable
-}
-
-bool interrupted() {
-  return interrupt_flag.load();
-}
-
-void install_interrupt_handler() {
-  // The lab's handlers do the work: the first SIGINT/SIGTERM sets the flag, a second one
-  // removes the labs and ends probe.
-  lab::defer_interrupts(&interrupt_flag);
-  child_process::stop_waiting_when(&interrupt_flag);
-}
-
-std::int64_t begin_run(const std::string& db, const std::string& command,
-                       const std::string& config_json) {
-  deadpeer::event_store store({.path = db});
-  utsname u{};
-  ::uname(&u);
-  return store.begin_run(
-      {.started_unix_ms = std::chrono::duration_cast<milliseconds>(
-                              std::chrono::system_clock::now().time_since_epoch())
-                              .count(),
-       .version = DEADPEER_VERSION,
-       .host = std::string(u.nodename) + " " + u.release,
-       .command = command,
-       .config_json = config_json});
-}
-
-int stored_trials(const std::string& db, const std::string& config_key, const std::string& fault) {
-  if (!fs::exists(db)) return 0;
-  sqlite3* handle = nullptr;
-  if (sqlite3_open_v2(db.c_str(), &handle, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
-    sqlite3_close(handle);
-    return 0;
-  }
-  int count = 0;
-  sqlite3_stmt* stmt = nullptr;
-  if (sqlite3_prepare_v2(handle, "SELECT count(*) FROM trials WHERE config_key = ? AND fault = ?",
-                         -1, &stmt, nullptr) == SQLITE_OK) {
-    sqlite3_bind_text(stmt, 1, config_key.c_str(), -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(stmt, 2, fault.c_str(), -1, SQLITE_TRANSIENT);
-    if (sqlite3_step(stmt) == SQLITE_ROW) count = sqlite3_column_int(stmt, 0);
-  }
-  sqlite3_finalize(stmt);
-  sqlite3_close(handle);
-  return count;
-}
-
-void store_trial(deadpeer::event_store& store, const experiment_config& config, std::int64_t run_id,
-                 const trial_result& r, std::int64_t t0, std::int64_t detected_ns,
-                 const std::string& detector_text) {
-  const auto bound = config.bound();
-  deadpeer::trial_record t;
-  t.run_id = run_id;
-  t.trial = r.trial;
-  t.fault = config.fault;
-  t.config_key = config.config_key();
-  t.keepalive = config.target      ? "target"
-                : config.keepalive ? deadpeer::to_string(*config.keepalive)
-                                   : "system";
-  t.heartbeat_interval_ms = config.heartbeat && !config.target ? config.heartbeat->count() : 0;
-  t.detector = detector_text;
-  t.user_timeout_ms = config.user_timeout ? config.user_timeout->count() : 0;
-  t.bound_ms = bound ? bound->count() : -1;
-  t.fault_mono_ns = t0;
-  t.detected_mono_ns = detected_ns;
-  t.latency_ms = r.latency_ms < 0 ? -1 : static_cast<std::int64_t>(r.latency_ms);
-  t.latency_ms_exact = r.latency_ms;
-  t.detected_by = r.detected_by;
-  t.cause = r.cause;
-  t.error_number = r.error_number;
-  t.error_name = r.error_name;
-  t.outcome = r.outcome;
-  t.note = r.note;
-  t.wire_mono_ns = r.wire_mono_ns;
-  t.wire_segment = r.wire_segment;
-  store.record(std::move(t));
-}
-
-namespace {
 
 // A heartbeat client (`probe connect`) as a child process, in the victim namespace when
 // there is a lab, returned once steady: connected and, with heartbeats, two heartbeats
@@ -617,11 +298,11 @@ std::vector<trial_result> run_server_faults(const experiment_config& config, std
       r.error_number = std::stoi(fields["errno"]);
       r.error_name = std::string(deadpeer::linux_errno_name(r.error_number));
       r.outcome = detected_ns < t0 ? "premature" : "detected";
-      set_note(r, "silence " + fields["silence_ms"] + " ms (client side)");
+      r.add_note("silence " + fields["silence_ms"] + " ms (client side)");
       if (wire_watched) record_wire(wire.get(), r, detected_ns);
     } else {
       r.outcome = interrupted() ? "interrupted" : "missed";
-      if (!interrupted()) set_note(r, "not detected within " + deadpeer::format_duration(limit));
+      if (!interrupted()) r.add_note("not detected within " + deadpeer::format_duration(limit));
     }
     if (network) network->cable_heal();
     server.signal(SIGKILL);
@@ -702,13 +383,12 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
     std::uint64_t since = latest_event_id(server);
     std::unique_ptr<child_process> victim_process;
     try {
-      victim_process =
-          start_steady_client(network.get(), probe_path,
-                              (server.address.find(':') != std::string::npos
-                                   ? "[" + server.address + "]"
-                                   : server.address) +
-                                  ":" + std::to_string(server.port),
-                              id, config, {});
+      victim_process = start_steady_client(
+          network.get(), probe_path,
+          (server.address.find(':') != std::string::npos ? "[" + server.address + "]"
+                                                         : server.address) +
+              ":" + std::to_string(server.port),
+          id, config, {});
     } catch (const std::runtime_error&) {
       if (interrupted()) break;  // Ctrl-C during warm-up: no trial happened
       throw;
@@ -752,14 +432,14 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
       std::ostringstream silence;
       silence << "silence " << std::fixed << std::setprecision(1)
               << event->at("silence_ms").to_number<double>() << " ms";
-      set_note(r, silence.str());
+      r.add_note(silence.str());
       if (heal_ns != 0)
-        set_note(
-            r, "detected " + std::to_string((decided - heal_ns) / 1'000'000) + " ms after healing");
+        r.add_note("detected " + std::to_string((decided - heal_ns) / 1'000'000) +
+                   " ms after healing");
       if (wire_watched) record_wire(wire.get(), r, decided);
     } else {
       r.outcome = interrupted() ? "interrupted" : "missed";
-      if (!interrupted()) set_note(r, "not detected within " + deadpeer::format_duration(limit));
+      if (!interrupted()) r.add_note("not detected within " + deadpeer::format_duration(limit));
     }
 
     // Clean up: heal the network, end the victim (SIGKILL ends a stopped one too).

@@ -85,7 +85,16 @@ struct trial_result {
   std::string note;
   std::int64_t wire_mono_ns = 0;  ///< the detecting side's FIN/RST on the wire; 0: none seen
   std::string wire_segment;       ///< "FIN", "RST", "none", or "" when the wire was not observed
+
+  void add_note(const std::string& text) { note += (note.empty() ? "" : "; ") + text; }
 };
+
+/// The embedded server's reaper period (half-close is noticed within two of them).
+inline constexpr std::chrono::milliseconds embedded_reap_interval{100};
+/// A FIN or RST on loopback or the lab's veth: a round trip plus scheduling.
+inline constexpr std::chrono::milliseconds kernel_notice_bound{20};
+/// A target's trial ends `missed` after this, unless --limit says otherwise.
+inline constexpr std::chrono::milliseconds target_default_limit{60'000};
 
 /// Called after each trial (progress).
 using trial_callback = std::function<void(const experiment_config&, const trial_result&)>;

@@ -24,12 +24,21 @@ std::string decode_escapes(std::string_view text) {
       continue;
     }
     switch (text[++i]) {
-      case 'r': out += '\r'; break;
-      case 'n': out += '\n'; break;
-      case 't': out += '\t'; break;
-      case '\\': out += '\\'; break;
-      default: throw usage_error(std::string("--greeting send: unknown escape \\") + text[i] +
-                                 " (known: \\r \\n \\t \\\\)");
+      case 'r':
+        out += '\r';
+        break;
+      case 'n':
+        out += '\n';
+        break;
+      case 't':
+        out += '\t';
+        break;
+      case '\\':
+        out += '\\';
+        break;
+      default:
+        throw usage_error(std::string("--greeting send: unknown escape \\") + text[i] +
+                          " (known: \\r \\n \\t \\\\)");
     }
   }
   return out;
@@ -40,7 +49,8 @@ milliseconds parse_period(std::string_view spec, std::string_view key, std::stri
   try {
     d = deadpeer::parse_duration(std::string(value));
   } catch (const std::exception& e) {
-    throw usage_error("--greeting " + std::string(spec) + ": " + std::string(key) + ": " + e.what());
+    throw usage_error("--greeting " + std::string(spec) + ": " + std::string(key) + ": " +
+                      e.what());
   }
   if (d < milliseconds(100))
     throw usage_error("--greeting " + std::string(spec) + ": " + std::string(key) +
@@ -56,7 +66,8 @@ std::vector<std::byte> bytes_of(std::string_view s) {
 bool iequals_prefix(std::string_view text, std::string_view prefix) {
   return text.size() >= prefix.size() &&
          std::equal(prefix.begin(), prefix.end(), text.begin(), [](char a, char b) {
-           return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+           return std::tolower(static_cast<unsigned char>(a)) ==
+                  std::tolower(static_cast<unsigned char>(b));
          });
 }
 
@@ -112,19 +123,23 @@ std::vector<std::byte> greeting::opening(std::string_view client_id) const {
   if (kind == protocol::mqtt) {
     // Keep alive in whole seconds, rounded up: the client then pings no later than it says.
     const auto seconds = (interval.count() + 999) / 1000;
-    mqtt::encode_connect(client_id, static_cast<std::uint16_t>(std::max<long long>(1, seconds)), out);
+    mqtt::encode_connect(client_id, static_cast<std::uint16_t>(std::max<long long>(1, seconds)),
+                         out);
   }
   return out;
 }
 
 std::vector<std::byte> greeting::request(std::string_view host) const {
   switch (kind) {
-    case protocol::mqtt: return {mqtt::pingreq.begin(), mqtt::pingreq.end()};
+    case protocol::mqtt:
+      return {mqtt::pingreq.begin(), mqtt::pingreq.end()};
     case protocol::http:
       return bytes_of("GET / HTTP/1.1\r\nHost: " + std::string(host) +
                       "\r\nUser-Agent: deadpeer-probe\r\nConnection: keep-alive\r\n\r\n");
-    case protocol::redis: return bytes_of("*1\r\n$4\r\nPING\r\n");
-    default: return {};
+    case protocol::redis:
+      return bytes_of("*1\r\n$4\r\nPING\r\n");
+    default:
+      return {};
   }
 }
 
@@ -157,7 +172,8 @@ std::optional<std::size_t> answer_reader::complete_answer() {
       }
       const auto type = h.first_byte & std::byte{0xF0};
       if (!connected_) {
-        if (type != mqtt::connack_type || h.remaining_length != 2 || buffer_[h.header_size + 1] != 0) {
+        if (type != mqtt::connack_type || h.remaining_length != 2 ||
+            buffer_[h.header_size + 1] != 0) {
           error_ = "the broker did not accept CONNECT (no CONNACK with return code 0)";
           return std::nullopt;
         }
@@ -186,7 +202,8 @@ std::optional<std::size_t> answer_reader::complete_answer() {
       bool chunked = false;
       for (std::size_t at = head.find("\r\n"); at != std::string_view::npos;) {
         const auto next = head.find("\r\n", at + 2);
-        const auto line = head.substr(at + 2, next == std::string_view::npos ? head.npos : next - at - 2);
+        const auto line =
+            head.substr(at + 2, next == std::string_view::npos ? head.npos : next - at - 2);
         if (iequals_prefix(line, "content-length:")) {
           try {
             body = std::stoul(std::string(line.substr(15)));

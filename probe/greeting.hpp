@@ -33,7 +33,9 @@ struct greeting {
   /// throws usage_error naming what is wrong.
   static greeting parse(std::string_view spec);
   /// True when the client sends something every `interval` and the server answers it.
-  bool periodic() const { return kind == protocol::mqtt || kind == protocol::http || kind == protocol::redis; }
+  bool periodic() const {
+    return kind == protocol::mqtt || kind == protocol::http || kind == protocol::redis;
+  }
   /// Bytes sent once after connecting (MQTT CONNECT, send's text); empty for the others.
   std::vector<std::byte> opening(std::string_view client_id) const;
   /// Bytes sent every interval (PINGREQ, a GET, a Redis PING); empty when not periodic.

@@ -55,21 +55,22 @@ http_response http_get(const std::string& host, unsigned short port, const std::
   beast::error_code failure;
   const char* stage = "resolve";
   stream.expires_after(timeout);
-  resolver.async_resolve(bare_host, std::to_string(port), [&](beast::error_code ec,
-                                                              tcp::resolver::results_type found) {
-    if ((failure = ec)) return;
-    stage = "connect";
-    stream.async_connect(found, [&](beast::error_code ec2, const tcp::endpoint&) {
-      if ((failure = ec2)) return;
-      stage = "send";
-      http::async_write(stream, request, [&](beast::error_code ec3, std::size_t) {
-        if ((failure = ec3)) return;
-        stage = "read";
-        http::async_read(stream, buffer, parser,
-                         [&](beast::error_code ec4, std::size_t) { failure = ec4; });
+  resolver.async_resolve(
+      bare_host, std::to_string(port),
+      [&](beast::error_code ec, tcp::resolver::results_type found) {
+        if ((failure = ec)) return;
+        stage = "connect";
+        stream.async_connect(found, [&](beast::error_code ec2, const tcp::endpoint&) {
+          if ((failure = ec2)) return;
+          stage = "send";
+          http::async_write(stream, request, [&](beast::error_code ec3, std::size_t) {
+            if ((failure = ec3)) return;
+            stage = "read";
+            http::async_read(stream, buffer, parser,
+                             [&](beast::error_code ec4, std::size_t) { failure = ec4; });
+          });
+        });
       });
-    });
-  });
   // The resolver's own deadline: tcp_stream's expiry starts with the connect.
   io.run_for(timeout + std::chrono::seconds(1));
   if (!io.stopped()) {
@@ -79,10 +80,10 @@ http_response http_get(const std::string& host, unsigned short port, const std::
     throw std::runtime_error("GET " + url + ": no answer in time (" + stage + ")");
   }
   if (failure)
-    throw std::runtime_error("GET " + url + ": " +
-                             (failure == beast::error::timeout ? std::string("no answer in time")
-                                                               : failure.message()) +
-                             " (" + stage + ")");
+    throw std::runtime_error(
+        "GET " + url + ": " +
+        (failure == beast::error::timeout ? std::string("no answer in time") : failure.message()) +
+        " (" + stage + ")");
   auto response = parser.release();
   http_response r;
   r.status = static_cast<int>(response.result_int());

@@ -22,7 +22,6 @@ std::string no_results(const std::string& path) {
   return "no results in " + path + ": run probe --simulate-crash first";
 }
 
-
 // --- SQLite ----------------------------------------------------------------------------
 
 struct db_closer {
@@ -56,7 +55,6 @@ std::int64_t query_integer(sqlite3* db, const std::string& path, const char* sql
   if (rc != SQLITE_ROW) throw std::runtime_error("cannot read " + path + ": " + sqlite3_errmsg(db));
   return sqlite3_column_int64(s.get(), 0);
 }
-
 
 }  // namespace
 
@@ -116,9 +114,10 @@ std::vector<trial_row> load_trials(const std::string& path, const run_selection&
                                       "SELECT count(*) FROM pragma_table_info('trials') "
                                       "WHERE name = 'wire_mono_ns'") == 1;
   const std::string query =
-      std::string("SELECT run_id, fault, config_key, keepalive, heartbeat_interval_ms, detector, "
-                  "user_timeout_ms, bound_ms, latency_ms, latency_ms_exact, detected_by, "
-                  "outcome, detected_mono_ns, ") +
+      std::string(
+          "SELECT run_id, fault, config_key, keepalive, heartbeat_interval_ms, detector, "
+          "user_timeout_ms, bound_ms, latency_ms, latency_ms_exact, detected_by, "
+          "outcome, detected_mono_ns, ") +
       (has_wire ? "wire_mono_ns" : "0") + " FROM trials " +
       (selection.which == run_selection::kind::all ? "" : "WHERE run_id = ? ") + "ORDER BY id";
   const auto s = prepare(db.get(), path, query.c_str());
@@ -145,14 +144,14 @@ std::vector<trial_row> load_trials(const std::string& path, const run_selection&
     r.outcome = column_text(s.get(), 11);
     const auto decided_ns = sqlite3_column_int64(s.get(), 12);
     const auto wire_ns = sqlite3_column_int64(s.get(), 13);
-    if (decided_ns > 0 && wire_ns > 0) r.wire_gap_ms = static_cast<double>(wire_ns - decided_ns) / 1e6;
+    if (decided_ns > 0 && wire_ns > 0)
+      r.wire_gap_ms = static_cast<double>(wire_ns - decided_ns) / 1e6;
     rows.push_back(std::move(r));
   }
   if (step != SQLITE_DONE)
     throw std::runtime_error("cannot read " + path + ": " + sqlite3_errmsg(db.get()));
   return rows;
 }
-
 
 }  // namespace report
 }  // namespace probe

@@ -29,7 +29,6 @@ std::string printf_text(const char* format, double value) {
   return std::string(buffer.data(), n > 0 ? static_cast<std::size_t>(n) : 0);
 }
 
-
 }  // namespace detail
 namespace {
 
@@ -41,7 +40,6 @@ using detail::printf_text;
 std::string format_ratio(double ratio) {
   return ratio < 0.005 ? std::string("<0.01") : printf_text("%.2f", ratio);
 }
-
 
 // --- JSON ------------------------------------------------------------------------------
 
@@ -83,7 +81,6 @@ void write_json(std::string& out, const boost::json::value& v) {
   }
 }
 
-
 }  // namespace
 
 // --- formats ---------------------------------------------------------------------------
@@ -100,24 +97,24 @@ std::string format_latency(double ms) {
 }
 
 std::string format_table(const std::vector<summary_row>& rows) {
-  const std::vector<std::string> header{"fault",       "configuration", "n",     "p50",
-                                        "p95",         "max",           "bound", "max/bound",
+  const std::vector<std::string> header{"fault",       "configuration", "n",        "p50",
+                                        "p95",         "max",           "bound",    "max/bound",
                                         "detected_by", "failures",      "wire_diff"};
   // Numbers are right-aligned, words left-aligned.
-  const std::vector<bool> right{false, false, true, true, true, true, true, true, false, true, true};
+  const std::vector<bool> right{false, false, true,  true, true, true,
+                                true,  true,  false, true, true};
   auto latency = [](const std::optional<double>& ms) {
     return ms ? format_latency(*ms) : std::string("-");
   };
   std::vector<std::vector<std::string>> cells{header};
   for (const auto& r : rows)
-    cells.push_back({r.fault, r.configuration, std::to_string(r.trials), latency(r.p50_ms),
-                     latency(r.p95_ms), latency(r.max_ms),
-                     r.bound_ms ? format_latency(static_cast<double>(*r.bound_ms)) : "none",
-                     r.max_over_bound ? format_ratio(*r.max_over_bound) : "-",
-                     r.detected_by.empty() ? "-" : r.detected_by, std::to_string(r.failures()),
-                     r.wire_seen == 0 ? "-"
-                                      : std::to_string(r.wire_disagree) + "/" +
-                                            std::to_string(r.wire_seen)});
+    cells.push_back(
+        {r.fault, r.configuration, std::to_string(r.trials), latency(r.p50_ms), latency(r.p95_ms),
+         latency(r.max_ms), r.bound_ms ? format_latency(static_cast<double>(*r.bound_ms)) : "none",
+         r.max_over_bound ? format_ratio(*r.max_over_bound) : "-",
+         r.detected_by.empty() ? "-" : r.detected_by, std::to_string(r.failures()),
+         r.wire_seen == 0 ? "-"
+                          : std::to_string(r.wire_disagree) + "/" + std::to_string(r.wire_seen)});
   std::vector<std::size_t> width(header.size(), 0);
   for (const auto& line : cells)
     for (std::size_t c = 0; c < line.size(); ++c)
@@ -215,7 +212,6 @@ std::string format_json(const std::vector<summary_row>& rows) {
   write_json(out, array);
   return out + "\n";
 }
-
 
 }  // namespace report
 }  // namespace probe

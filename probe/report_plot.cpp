@@ -5,8 +5,8 @@
 #include "child_process.hpp"
 #include "report_text.hpp"
 
-#include <sys/wait.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -15,9 +15,9 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
-#include <optional>
 #include <system_error>
 #include <vector>
 
@@ -146,7 +146,6 @@ double jitter(std::size_t k) {
 double plot_seconds(double ms) {
   return std::max(ms, 0.001) / 1000.0;
 }
-
 
 }  // namespace
 
@@ -287,7 +286,6 @@ void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials
   fs::copy_file(image_file, png_path, fs::copy_options::overwrite_existing, ec);
   if (ec) throw plot_error("cannot write " + png_path + ": " + ec.message());
 }
-
 
 }  // namespace report
 }  // namespace probe

@@ -52,7 +52,6 @@ std::string join_layers(const std::map<std::string, std::size_t>& counts) {
   return text;
 }
 
-
 }  // namespace
 
 // --- summary ---------------------------------------------------------------------------
@@ -160,7 +159,6 @@ std::vector<summary_row> summarize(const std::vector<trial_row>& rows) {
     if (keys_of[s.configuration].size() > 1) s.configuration = s.config_key;
   return out;
 }
-
 
 }  // namespace report
 }  // namespace probe

@@ -106,8 +106,8 @@ class target_process {
   std::unique_ptr<child_process> process_;
 };
 
-std::string missed_note(const std::optional<deadpeer::socket_entry>& last, std::int64_t close_wait_ns,
-                        std::int64_t now_ns) {
+std::string missed_note(const std::optional<deadpeer::socket_entry>& last,
+                        std::int64_t close_wait_ns, std::int64_t now_ns) {
   using deadpeer::socket_timer;
   if (!last) return "";
   if (last->state == deadpeer::tcp_state::close_wait)
@@ -178,11 +178,12 @@ std::vector<trial_result> run_target_experiment(const experiment_config& config,
   for (int i = 0; i < config.trials && !interrupted(); ++i) {
     trial_result r;
     r.trial = first_trial + i;
-    std::vector<std::string> argv = network ? network->victim_exec_prefix() : std::vector<std::string>{};
-    argv.insert(argv.end(), {probe_path, "speak", "--server", endpoint_text(target_endpoint),
-                             "--greeting", t.greeting, "--id",
-                             "deadpeer-probe-" + std::to_string(::getpid()) + "-" +
-                                 std::to_string(r.trial)});
+    std::vector<std::string> argv =
+        network ? network->victim_exec_prefix() : std::vector<std::string>{};
+    argv.insert(
+        argv.end(),
+        {probe_path, "speak", "--server", endpoint_text(target_endpoint), "--greeting", t.greeting,
+         "--id", "deadpeer-probe-" + std::to_string(::getpid()) + "-" + std::to_string(r.trial)});
     child_process victim(argv);
     const auto connected = victim.wait_for_line("connected local=", milliseconds(10'000));
     if (interrupted()) break;  // Ctrl-C before the fault: no trial happened
@@ -235,12 +236,10 @@ std::vector<trial_result> run_target_experiment(const experiment_config& config,
       r.latency_ms = static_cast<double>(detected_ns - t0) / 1e6;
       r.detected_by = "target_close";
       r.cause = lower(left_in);
-      r.note = left_in == "CLOSED"
-                   ? "the target's socket is gone (closed and answered, or reset)"
-                   : "the target's socket left ESTABLISHED for " + left_in;
+      r.note = left_in == "CLOSED" ? "the target's socket is gone (closed and answered, or reset)"
+                                   : "the target's socket left ESTABLISHED for " + left_in;
       if (close_wait_ns != 0)
-        r.note += "; CLOSE_WAIT for " +
-                  std::to_string((detected_ns - close_wait_ns) / 1'000'000) +
+        r.note += "; CLOSE_WAIT for " + std::to_string((detected_ns - close_wait_ns) / 1'000'000) +
                   " ms first (the victim's FIN arrived, then the target closed)";
       record_wire(wire.get(), r, detected_ns);
     } else {

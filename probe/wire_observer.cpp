@@ -32,22 +32,22 @@ std::int64_t clock_ns(clockid_t clock) {
 // header is TCP; drops everything else in the kernel. Offsets are from the IP header
 // (SOCK_DGRAM packet sockets carry no link header).
 constexpr sock_filter fin_or_rst_filter[] = {
-    BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 0),               // 0: A = version/IHL byte
-    BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 4),              // 1: A = IP version
-    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 4, 0, 5),        // 2: IPv4? else 8
-    BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 9),               // 3: protocol
+    BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 0),                    // 0: A = version/IHL byte
+    BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 4),                   // 1: A = IP version
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 4, 0, 5),             // 2: IPv4? else 8
+    BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 9),                    // 3: protocol
     BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_TCP, 0, 10),  // 4: TCP? else drop
-    BPF_STMT(BPF_LDX | BPF_B | BPF_MSH, 0),              // 5: X = IPv4 header length
-    BPF_STMT(BPF_LD | BPF_B | BPF_IND, 13),              // 6: A = TCP flags
-    BPF_STMT(BPF_JMP | BPF_JA, 4),                       // 7: to 12
-    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 6, 0, 6),        // 8: IPv6? else drop
-    BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 6),               // 9: next header
-    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_TCP, 0, 4),  // 10: TCP? else drop
-    BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 40 + 13),         // 11: A = TCP flags
-    BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0x05),           // 12: FIN | RST
-    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0),        // 13: neither? drop
-    BPF_STMT(BPF_RET | BPF_K, 128),                      // 14: keep the headers
-    BPF_STMT(BPF_RET | BPF_K, 0),                        // 15: drop
+    BPF_STMT(BPF_LDX | BPF_B | BPF_MSH, 0),                   // 5: X = IPv4 header length
+    BPF_STMT(BPF_LD | BPF_B | BPF_IND, 13),                   // 6: A = TCP flags
+    BPF_STMT(BPF_JMP | BPF_JA, 4),                            // 7: to 12
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 6, 0, 6),             // 8: IPv6? else drop
+    BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 6),                    // 9: next header
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_TCP, 0, 4),   // 10: TCP? else drop
+    BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 40 + 13),              // 11: A = TCP flags
+    BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0x05),                // 12: FIN | RST
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0),             // 13: neither? drop
+    BPF_STMT(BPF_RET | BPF_K, 128),                           // 14: keep the headers
+    BPF_STMT(BPF_RET | BPF_K, 0),                             // 15: drop
 };
 
 struct parsed_segment {
@@ -91,7 +91,8 @@ std::optional<parsed_segment> parse(const unsigned char* p, std::size_t n) {
 
 wire_observer::wire_observer(const std::string& interface) {
   fd_ = ::socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(ETH_P_ALL));
-  if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "wire observer: AF_PACKET socket");
+  if (fd_ < 0)
+    throw std::system_error(errno, std::generic_category(), "wire observer: AF_PACKET socket");
   auto fail = [&](const std::string& what) {
     const int e = errno;
     ::close(fd_);
@@ -104,8 +105,7 @@ wire_observer::wire_observer(const std::string& interface) {
   if (::setsockopt(fd_, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof program) != 0)
     fail("attach the FIN/RST filter");
   const int on = 1;
-  if (::setsockopt(fd_, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) != 0)
-    fail("SO_TIMESTAMPNS");
+  if (::setsockopt(fd_, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) != 0) fail("SO_TIMESTAMPNS");
   const unsigned index = ::if_nametoindex(interface.c_str());
   if (index == 0) fail("no interface " + interface);
   sockaddr_ll where{};

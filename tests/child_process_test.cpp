@@ -72,11 +72,11 @@ TEST_CASE("child_process: a program that cannot run is an error naming it") {
 TEST_CASE("child_process: probe SIGKILLed in the middle of a trial leaves no process behind") {
   // A server-hang trial: probe's children are a heartbeat-server (then stopped) and a
   // heartbeat client; the dead-after is long, so probe is still waiting when it is killed.
-  probe::child_process run({DEADPEER_PROBE_BINARY, "run", "--fault", "server-hang", "--heartbeat",
-                            "200ms", "--dead-after", "60s", "--trials", "1", "--db",
-                            (fs::temp_directory_path() /
-                             ("deadpeer-orphans-" + std::to_string(::getpid()) + ".db"))
-                                .string()});
+  probe::child_process run(
+      {DEADPEER_PROBE_BINARY, "run", "--fault", "server-hang", "--heartbeat", "200ms",
+       "--dead-after", "60s", "--trials", "1", "--db",
+       (fs::temp_directory_path() / ("deadpeer-orphans-" + std::to_string(::getpid()) + ".db"))
+           .string()});
   REQUIRE(run.wait_for_line("server-hang:", 20s));
   std::set<int> children;
   const auto until = std::chrono::steady_clock::now() + 30s;
@@ -100,8 +100,8 @@ TEST_CASE("child_process: probe SIGKILLed in the middle of a trial leaves no pro
 }
 
 TEST_CASE("probe: Ctrl-C during a trial stores it as interrupted and exits 130") {
-  const auto db = fs::temp_directory_path() /
-                  ("deadpeer-interrupt-" + std::to_string(::getpid()) + ".db");
+  const auto db =
+      fs::temp_directory_path() / ("deadpeer-interrupt-" + std::to_string(::getpid()) + ".db");
   probe::child_process run({DEADPEER_PROBE_BINARY, "run", "--fault", "hang", "--heartbeat", "200ms",
                             "--dead-after", "60s", "--trials", "3", "--db", db.string()});
   // The fault is in place once the victim (probe's child) is stopped.

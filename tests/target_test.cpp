@@ -37,8 +37,8 @@ struct probe_run {
 
 probe_run run_probe(const std::vector<std::string>& args) {
   static int counter = 0;
-  const auto db = fs::temp_directory_path() /
-                  ("deadpeer-target-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + ".db");
+  const auto db = fs::temp_directory_path() / ("deadpeer-target-" + std::to_string(::getpid()) +
+                                               "-" + std::to_string(counter++) + ".db");
   // stderr too: usage errors are printed there.
   std::vector<std::string> argv{"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DEADPEER_PROBE_BINARY,
                                 "run"};
@@ -67,7 +67,8 @@ probe_run run_probe(const std::vector<std::string>& args) {
         return value ? std::string(reinterpret_cast<const char*>(value)) : std::string();
       };
       while (sqlite3_step(stmt) == SQLITE_ROW)
-        run.rows.push_back({text(0), text(1), text(2), text(3), text(4), sqlite3_column_double(stmt, 5)});
+        run.rows.push_back(
+            {text(0), text(1), text(2), text(3), text(4), sqlite3_column_double(stmt, 5)});
     }
     sqlite3_finalize(stmt);
   }
@@ -187,11 +188,14 @@ TEST_CASE("target: mosquitto with keep alive 5s notices a pulled cable in 7 to 1
     WARN("SKIPPED: mosquitto is not installed (scripts/setup installs it)");
     return;
   }
-  const auto conf = fs::temp_directory_path() / ("deadpeer-target-mosquitto-" + std::to_string(::getpid()) + ".conf");
-  std::ofstream(conf) << "listener 1883\nallow_anonymous true\npersistence false\nlog_dest stderr\n";
-  const auto run = run_probe({"--fault", "cable-pull", "--target-cmd",
-                              "/usr/sbin/mosquitto -c " + conf.string(), "--target-port", "1883",
-                              "--greeting", "mqtt:keepalive=5s", "--trials", "2", "--limit", "30s"});
+  const auto conf = fs::temp_directory_path() /
+                    ("deadpeer-target-mosquitto-" + std::to_string(::getpid()) + ".conf");
+  std::ofstream(conf)
+      << "listener 1883\nallow_anonymous true\npersistence false\nlog_dest stderr\n";
+  const auto run =
+      run_probe({"--fault", "cable-pull", "--target-cmd", "/usr/sbin/mosquitto -c " + conf.string(),
+                 "--target-port", "1883", "--greeting", "mqtt:keepalive=5s", "--trials", "2",
+                 "--limit", "30s"});
   fs::remove(conf);
   INFO(run.output);
   CHECK(run.exit_code == 0);
@@ -213,10 +217,10 @@ TEST_CASE("target: a server without keepalive never notices a pulled cable") {
     WARN("SKIPPED: /usr/bin/python3 is not installed (scripts/setup installs it)");
     return;
   }
-  const auto run = run_probe({"--fault", "cable-pull", "--target-cmd",
-                              "/usr/bin/python3 -m http.server --bind 0.0.0.0 8080",
-                              "--target-port", "8080", "--greeting", "raw", "--trials", "1",
-                              "--limit", "3s"});
+  const auto run =
+      run_probe({"--fault", "cable-pull", "--target-cmd",
+                 "/usr/bin/python3 -m http.server --bind 0.0.0.0 8080", "--target-port", "8080",
+                 "--greeting", "raw", "--trials", "1", "--limit", "3s"});
   INFO(run.output);
   CHECK(run.exit_code == 1);
   REQUIRE(run.rows.size() == 1);

@@ -71,29 +71,46 @@ struct request {
 
 std::string_view to_string(tcp_state state) {
   switch (state) {
-    case tcp_state::established: return "ESTABLISHED";
-    case tcp_state::syn_sent: return "SYN_SENT";
-    case tcp_state::syn_recv: return "SYN_RECV";
-    case tcp_state::fin_wait1: return "FIN_WAIT1";
-    case tcp_state::fin_wait2: return "FIN_WAIT2";
-    case tcp_state::time_wait: return "TIME_WAIT";
-    case tcp_state::close: return "CLOSE";
-    case tcp_state::close_wait: return "CLOSE_WAIT";
-    case tcp_state::last_ack: return "LAST_ACK";
-    case tcp_state::listen: return "LISTEN";
-    case tcp_state::closing: return "CLOSING";
-    case tcp_state::new_syn_recv: return "NEW_SYN_RECV";
+    case tcp_state::established:
+      return "ESTABLISHED";
+    case tcp_state::syn_sent:
+      return "SYN_SENT";
+    case tcp_state::syn_recv:
+      return "SYN_RECV";
+    case tcp_state::fin_wait1:
+      return "FIN_WAIT1";
+    case tcp_state::fin_wait2:
+      return "FIN_WAIT2";
+    case tcp_state::time_wait:
+      return "TIME_WAIT";
+    case tcp_state::close:
+      return "CLOSE";
+    case tcp_state::close_wait:
+      return "CLOSE_WAIT";
+    case tcp_state::last_ack:
+      return "LAST_ACK";
+    case tcp_state::listen:
+      return "LISTEN";
+    case tcp_state::closing:
+      return "CLOSING";
+    case tcp_state::new_syn_recv:
+      return "NEW_SYN_RECV";
   }
   return "UNKNOWN";
 }
 
 std::string_view to_string(socket_timer timer) {
   switch (timer) {
-    case socket_timer::none: return "none";
-    case socket_timer::retransmit: return "retransmit";
-    case socket_timer::keepalive: return "keepalive";
-    case socket_timer::time_wait: return "time_wait";
-    case socket_timer::zero_window_probe: return "zero_window_probe";
+    case socket_timer::none:
+      return "none";
+    case socket_timer::retransmit:
+      return "retransmit";
+    case socket_timer::keepalive:
+      return "keepalive";
+    case socket_timer::time_wait:
+      return "time_wait";
+    case socket_timer::zero_window_probe:
+      return "zero_window_probe";
   }
   return "unknown";
 }
@@ -150,7 +167,8 @@ int exchange(int fd, const request& r, F&& on_message) {
 
 }  // namespace
 
-std::optional<socket_entry> sock_diag::find(const tcp::endpoint& local, const tcp::endpoint& remote) {
+std::optional<socket_entry> sock_diag::find(const tcp::endpoint& local,
+                                            const tcp::endpoint& remote) {
   request r{};
   r.header.nlmsg_len = sizeof r;
   r.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;

@@ -55,7 +55,7 @@ struct socket_entry {
   tcp_state state = tcp_state::close;
   socket_timer timer = socket_timer::none;
   std::chrono::milliseconds timer_expires{0};  ///< until the pending timer fires
-  std::uint8_t retransmits = 0;  ///< retransmissions (or keepalive probes) of that timer
+  std::uint8_t retransmits = 0;     ///< retransmissions (or keepalive probes) of that timer
   std::uint32_t receive_queue = 0;  ///< bytes not yet read (listen: pending connections)
   std::uint32_t send_queue = 0;     ///< bytes not yet acknowledged
   std::uint32_t uid = 0;

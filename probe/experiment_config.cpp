@@ -1,0 +1,147 @@
+// The settings of an experiment and what they promise: the faults probe knows, the
+// canonical key that identifies a configuration (how sweeps resume), the server's
+// detector, and the worst-case detection time each fault allows (the bound every trial is
+// held against).
+#include "experiment.hpp"
+
+#include "cli.hpp"
+
+#include <deadpeer/detector.hpp>
+#include <deadpeer/duration.hpp>
+#include <deadpeer/keepalive.hpp>
+
+#include <chrono>
+#include <string>
+
+namespace probe {
+
+using std::chrono::milliseconds;
+
+const std::vector<fault_kind>& fault_kinds() {
+  static const std::vector<fault_kind> kinds{
+      {"crash", "SIGKILL the victim: its kernel sends FIN", false, false, false},
+      {"crash-rst", "SIGKILL the victim with unread data in its receive buffer: RST", false, true,
+       false},
+      {"linger0", "the victim closes with SO_LINGER {1,0}: RST", false, false, false},
+      {"hang", "SIGSTOP the victim: its kernel still ACKs, the application is dead", false, false,
+       false},
+      {"half-close", "the victim shuts down its sending side and goes quiet (CLOSE_WAIT)", false,
+       false, false},
+      {"cable-pull", "nftables drops everything to and from the victim's namespace", true, false,
+       false},
+      {"link-down", "the victim's veth link goes down", true, false, false},
+      {"reboot",
+       "drop, destroy the victim's socket without a FIN, heal: the next segment meets RST", true,
+       false, false},
+      {"server-crash", "SIGKILL a heartbeat-server process; the client must notice", false, false,
+       true},
+      {"server-hang", "SIGSTOP a heartbeat-server process; the client must notice", false, false,
+       true},
+      {"server-cable-pull",
+       "cut the server's network (the client's keepalive or heartbeat must "
+       "notice)",
+       true, false, true},
+  };
+  return kinds;
+}
+
+const fault_kind& find_fault(std::string_view name) {
+  std::string known;
+  for (const auto& f : fault_kinds()) {
+    if (f.name == name) return f;
+    known += (known.empty() ? "" : ", ") + std::string(f.name);
+  }
+  throw usage_error("unknown fault \"" + std::string(name) + "\" (known: " + known + ")");
+}
+
+std::optional<deadpeer::keepalive_options> experiment_config::server_keepalive() const {
+  if (!keepalive && !user_timeout) return std::nullopt;
+  auto k = keepalive.value_or(deadpeer::keepalive_options{});
+  if (user_timeout) k.user_timeout = user_timeout;
+  return k;
+}
+
+milliseconds experiment_config::effective_dead_after() const {
+  if (dead_after) return *dead_after;
+  return heartbeat ? *heartbeat * 3 : milliseconds(0);
+}
+
+std::string experiment_config::config_key() const {
+  if (target)
+    return "target=" +
+           (target->command.empty() ? target->address->address().to_string() + ":" +
+                                          std::to_string(target->address->port())
+                                    : target->command) +
+           " greeting=" + target->greeting;
+  std::string key = "keepalive=" + (keepalive ? deadpeer::to_string(*keepalive) : "system");
+  key += " user_timeout=" + (user_timeout ? deadpeer::format_duration(*user_timeout) : "none");
+  key += " heartbeat=" + (heartbeat ? deadpeer::format_duration(*heartbeat) : "off");
+  if (heartbeat) {
+    key += " detector=" + detector;
+    key += detector == "phi" ? " phi=" + std::to_string(phi_threshold)
+                             : " dead_after=" + deadpeer::format_duration(effective_dead_after());
+  }
+  if (server) key += " server=external";
+  return key;
+}
+
+deadpeer::detector_config experiment_config::detector_settings() const {
+  const auto interval = heartbeat.value_or(milliseconds(1000));
+  if (detector == "phi") {
+    deadpeer::phi_detector_config p;
+    p.interval = interval;
+    p.threshold = phi_threshold;
+    return p;
+  }
+  return deadpeer::fixed_detector_config{
+      .interval = interval, .multiplier = 3.0, .timeout = effective_dead_after()};
+}
+
+std::string experiment_config::detector_description() const {
+  return deadpeer::make_detector(detector_settings(), std::chrono::steady_clock::now())->describe();
+}
+
+std::optional<milliseconds> experiment_config::bound() const {
+  if (target) return std::nullopt;  // its settings are what is being found out
+  const auto defaults = deadpeer::read_kernel_defaults();
+  const auto k =
+      deadpeer::resolve(server_keepalive().value_or(deadpeer::keepalive_options{}), defaults);
+  const auto kernel = deadpeer::compute_bound(k, defaults.retries2);
+  std::optional<milliseconds> heartbeat_bound;
+  if (heartbeat) {
+    // The detector's verdict after a fresh arrival, plus one interval of timer slack.
+    const std::chrono::steady_clock::time_point start{};
+    const auto d = deadpeer::make_detector(detector_settings(), start);
+    heartbeat_bound = std::chrono::ceil<milliseconds>(d->dead_at() - start) + *heartbeat;
+  }
+  auto smallest = [](std::optional<milliseconds> a, std::optional<milliseconds> b) {
+    if (!a) return b;
+    if (!b) return a;
+    return std::optional(std::min(*a, *b));
+  };
+  if (fault == "crash" || fault == "crash-rst" || fault == "linger0" || fault == "server-crash")
+    return kernel_notice_bound;
+  if (fault == "server-hang") return heartbeat_bound;
+  if (fault == "half-close") return embedded_reap_interval * 2;  // ring bucket + one sweep
+  if (fault == "hang") return heartbeat_bound;  // keepalive cannot see a hung process
+  if (fault == "reboot") {
+    // The first segment after healing meets RST: a keepalive probe or a PING.
+    std::optional<milliseconds> keepalive_next;
+    if (k.enabled) keepalive_next = milliseconds(k.idle) + milliseconds(k.interval);
+    return smallest(keepalive_next, heartbeat ? std::optional(*heartbeat * 2) : std::nullopt);
+  }
+  // cable-pull, link-down, server-cable-pull: idle when heartbeats are off; with heartbeats a PING
+  // goes unacknowledged, so the kernel's busy bound applies alongside the detector.
+  if (heartbeat) return smallest(heartbeat_bound, kernel.busy);
+  return kernel.idle;
+}
+
+milliseconds experiment_config::hard_limit() const {
+  if (limit) return *limit;
+  if (target) return target_default_limit;
+  const auto b = bound();
+  if (!b) return milliseconds(10'000);
+  return std::min(*b * 3 + milliseconds(10'000), milliseconds(300'000));
+}
+
+}  // namespace probe
