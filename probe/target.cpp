@@ -130,6 +130,60 @@ std::string missed_note(const std::optional<deadpeer::socket_entry>& last,
   }
 }
 
+// Polls the target's socket (every poll_period) until it is gone or in a state the
+// target's own close() leads to; CLOSE_WAIT (the peer's FIN taken, not acted on) is noted.
+struct socket_watch {
+  std::int64_t detected_ns = 0;   // 0: not within the deadline
+  std::int64_t close_wait_ns = 0;  // when CLOSE_WAIT was first seen
+  std::string left_in;             // "CLOSED" or the state it left ESTABLISHED for
+  std::optional<deadpeer::socket_entry> last;
+};
+
+socket_watch watch_socket(deadpeer::sock_diag& diag, const tcp::endpoint& local,
+                          const tcp::endpoint& remote, std::int64_t deadline_ns,
+                          std::optional<deadpeer::socket_entry> before) {
+  socket_watch w;
+  w.last = std::move(before);
+  while (!interrupted()) {
+    const auto now = deadpeer::monotonic_ns();
+    const auto s = diag.find(local, remote);
+    if (!s) {
+      w.left_in = "CLOSED";
+    } else if (s->state == deadpeer::tcp_state::close_wait) {
+      if (w.close_wait_ns == 0) w.close_wait_ns = now;
+    } else if (s->state != deadpeer::tcp_state::established) {
+      w.left_in = std::string(deadpeer::to_string(s->state));
+    }
+    if (!w.left_in.empty()) {
+      w.detected_ns = now;
+      return w;
+    }
+    w.last = s;
+    if (now > deadline_ns) return w;
+    std::this_thread::sleep_for(poll_period);
+  }
+  return w;
+}
+
+void fill_outcome(trial_result& r, const socket_watch& w, std::int64_t t0, milliseconds limit) {
+  if (w.detected_ns != 0) {
+    r.outcome = "detected";
+    r.latency_ms = static_cast<double>(w.detected_ns - t0) / 1e6;
+    r.detected_by = "target_close";
+    r.cause = lower(w.left_in);
+    r.note = w.left_in == "CLOSED" ? "the target's socket is gone (closed and answered, or reset)"
+                                   : "the target's socket left ESTABLISHED for " + w.left_in;
+    if (w.close_wait_ns != 0)
+      r.add_note("CLOSE_WAIT for " + std::to_string((w.detected_ns - w.close_wait_ns) / 1'000'000) +
+                 " ms first (the peer's FIN arrived, then the target closed)");
+    return;
+  }
+  r.outcome = interrupted() ? "interrupted" : "missed";
+  if (!interrupted())
+    r.note = "not detected within " + deadpeer::format_duration(limit) + "; " +
+             missed_note(w.last, w.close_wait_ns, deadpeer::monotonic_ns());
+}
+
 }  // namespace
 
 std::vector<trial_result> run_target_experiment(const experiment_config& config,
@@ -208,53 +262,17 @@ std::vector<trial_result> run_target_experiment(const experiment_config& config,
     const auto t0 = deadpeer::monotonic_ns();
     (void)inject_fault(config.fault, network.get(), victim);
 
-    // Poll the target's socket until it is gone or the target has closed it.
-    const auto deadline = t0 + limit.count() * 1'000'000;
-    std::optional<deadpeer::socket_entry> last = before;
-    std::int64_t close_wait_ns = 0, detected_ns = 0;
-    std::string left_in;
-    while (!interrupted()) {
-      const auto now = deadpeer::monotonic_ns();
-      const auto s = diag->find(target_endpoint, victim_endpoint);
-      if (!s) {
-        left_in = "CLOSED";
-      } else if (s->state == deadpeer::tcp_state::close_wait) {
-        if (close_wait_ns == 0) close_wait_ns = now;
-      } else if (s->state != deadpeer::tcp_state::established) {
-        left_in = std::string(deadpeer::to_string(s->state));
-      }
-      if (!left_in.empty()) {
-        detected_ns = now;
-        break;
-      }
-      last = s;
-      if (now > deadline) break;
-      std::this_thread::sleep_for(poll_period);
-    }
-    if (detected_ns != 0) {
-      r.outcome = "detected";
-      r.latency_ms = static_cast<double>(detected_ns - t0) / 1e6;
-      r.detected_by = "target_close";
-      r.cause = lower(left_in);
-      r.note = left_in == "CLOSED" ? "the target's socket is gone (closed and answered, or reset)"
-                                   : "the target's socket left ESTABLISHED for " + left_in;
-      if (close_wait_ns != 0)
-        r.note += "; CLOSE_WAIT for " + std::to_string((detected_ns - close_wait_ns) / 1'000'000) +
-                  " ms first (the victim's FIN arrived, then the target closed)";
-      record_wire(wire.get(), r, detected_ns);
-    } else {
-      r.outcome = interrupted() ? "interrupted" : "missed";
-      if (!interrupted())
-        r.note = "not detected within " + deadpeer::format_duration(limit) + "; " +
-                 missed_note(last, close_wait_ns, deadpeer::monotonic_ns());
-    }
+    const auto w =
+        watch_socket(*diag, target_endpoint, victim_endpoint, t0 + limit.count() * 1'000'000, before);
+    fill_outcome(r, w, t0, limit);
+    if (w.detected_ns != 0) record_wire(wire.get(), r, w.detected_ns);
     if (network) {
       network->cable_heal();
       network->link_up();
     }
     victim.signal(SIGKILL);
     (void)victim.wait(milliseconds(5000));
-    store_trial(store, config, run_id, r, t0, detected_ns, "");
+    store_trial(store, config, run_id, r, t0, w.detected_ns, "");
     if (progress) progress(config, r);
     results.push_back(std::move(r));
   }
