@@ -217,6 +217,10 @@ void add_target_options(po::options_description& o) {
       ("target", po::value<std::string>()->value_name("HOST:PORT"),
        "measure a server already listening on a loopback address (crash and hang only: network "
        "faults need the server inside the lab, use --target-cmd)")  //
+      ("target-side", po::value<std::string>()->default_value("server")->value_name("server|client"),
+       "client: --target-cmd is a client program, run in the lab's victim namespace against "
+       "probe's own answering server on --target-port ({host} and {port} in the command are "
+       "replaced); the faults cut its server's path (cable-pull, link-down) or hang it")  //
       ("greeting", po::value<std::string>()->default_value("raw")->value_name("SPEC"),
        "what the victim says to the target before the fault: raw (connect only), send:TEXT, "
        "mqtt:keepalive=D, http[:interval=D], redis[:interval=D] (probe speak --help)");
@@ -224,8 +228,12 @@ void add_target_options(po::options_description& o) {
 
 std::optional<target_settings> target_from(const po::variables_map& vm) {
   const bool by_command = vm.count("target-cmd") != 0, by_address = vm.count("target") != 0;
+  const auto side = vm["target-side"].as<std::string>();
+  if (side != "server" && side != "client")
+    throw usage_error("--target-side \"" + side + "\": expected server or client");
   if (!by_command && !by_address) {
     if (vm.count("target-port") != 0) throw usage_error("--target-port goes with --target-cmd");
+    if (side != "server") throw usage_error("--target-side goes with --target-cmd");
     if (!vm["greeting"].defaulted()) throw usage_error("--greeting goes with --target-cmd or --target");
     return std::nullopt;
   }
@@ -244,6 +252,9 @@ std::optional<target_settings> target_from(const po::variables_map& vm) {
     throw usage_error("--heartbeat and --detector set deadpeer's protocol; a target speaks "
                       "its own (choose it with --greeting)");
   target_settings t;
+  t.client_side = side == "client";
+  if (t.client_side && by_address)
+    throw usage_error("--target-side client starts the client: give its command with --target-cmd");
   t.greeting = vm["greeting"].as<std::string>();
   (void)greeting::parse(t.greeting);
   if (by_command) {
@@ -251,7 +262,10 @@ std::optional<target_settings> target_from(const po::variables_map& vm) {
     if (t.command.find_first_not_of(" \t") == std::string::npos)
       throw usage_error("--target-cmd is empty");
     if (vm.count("target-port") == 0 || vm["target-port"].as<unsigned short>() == 0)
-      throw usage_error("--target-cmd needs --target-port PORT (where the command listens)");
+      throw usage_error(t.client_side ? "--target-side client needs --target-port PORT (where "
+                                        "probe's answering server listens for the client)"
+                                      : "--target-cmd needs --target-port PORT (where the command "
+                                        "listens)");
     t.port = vm["target-port"].as<unsigned short>();
   } else {
     if (vm.count("target-port") != 0)

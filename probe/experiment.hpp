@@ -44,6 +44,9 @@ struct target_settings {
   std::optional<boost::asio::ip::tcp::endpoint> address;  ///< --target: already listening
   unsigned short port = 0;  ///< --target-port: where --target-cmd listens
   std::string greeting = "raw";  ///< what the victim says (greeting.hpp)
+  /// --target-side client: the target is a client program (in the victim namespace) that
+  /// connects to probe's answering server; {host} and {port} in the command are replaced.
+  bool client_side = false;
 };
 
 struct experiment_config {

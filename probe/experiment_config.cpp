@@ -72,7 +72,7 @@ std::string experiment_config::config_key() const {
            (target->command.empty() ? target->address->address().to_string() + ":" +
                                           std::to_string(target->address->port())
                                     : target->command) +
-           " greeting=" + target->greeting;
+           " greeting=" + target->greeting + (target->client_side ? " side=client" : "");
   std::string key = "keepalive=" + (keepalive ? deadpeer::to_string(*keepalive) : "system");
   key += " user_timeout=" + (user_timeout ? deadpeer::format_duration(*user_timeout) : "none");
   key += " heartbeat=" + (heartbeat ? deadpeer::format_duration(*heartbeat) : "off");

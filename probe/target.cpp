@@ -1,5 +1,6 @@
 #include "target.hpp"
 
+#include "answering_server.hpp"
 #include "child_process.hpp"
 #include "cli.hpp"
 #include "greeting.hpp"
@@ -184,12 +185,105 @@ void fill_outcome(trial_result& r, const socket_watch& w, std::int64_t t0, milli
              missed_note(w.last, w.close_wait_ns, deadpeer::monotonic_ns());
 }
 
+
+// --target-side client: the target is a client program; probe's answering server is its
+// peer in the server namespace, and the faults cut the path or hang that server.
+std::vector<trial_result> run_client_target(const experiment_config& config, std::int64_t run_id,
+                                            int first_trial, const trial_callback& progress) {
+  const auto& t = *config.target;
+  if (config.fault != "cable-pull" && config.fault != "link-down" && config.fault != "hang")
+    throw usage_error("--fault " + config.fault +
+                      " does not apply to a client-side target (--target-side client: "
+                      "cable-pull, link-down, hang: the server stops answering)");
+  const auto greet = greeting::parse(t.greeting);
+  if (const auto why = lab::unavailable_reason())
+    throw std::runtime_error("--target-side client runs the target inside the network lab: " + *why);
+  lab::network network;
+  const tcp::endpoint server_endpoint(boost::asio::ip::make_address(network.topo().server_addr),
+                                      t.port);
+  std::unique_ptr<answering_server> answerer;
+  network.in_server_ns([&] { answerer = std::make_unique<answering_server>(greet, server_endpoint); });
+  std::unique_ptr<deadpeer::sock_diag> diag;
+  network.in_victim_ns([&] { diag = std::make_unique<deadpeer::sock_diag>(); });
+  std::string wire_why;
+  const auto wire = open_wire_observer(&network, wire_why, lab_side::victim);
+  if (!wire) std::cerr << "probe: the wire is not observed in these trials: " << wire_why << "\n";
+
+  std::string command = t.command;
+  for (const auto& [key, value] : {std::pair<std::string, std::string>{"{host}", network.topo().server_addr},
+                                   {"{port}", std::to_string(t.port)}})
+    for (auto at = command.find(key); at != std::string::npos; at = command.find(key, at))
+      command.replace(at, key.size(), value);
+  const fs::path log = fs::temp_directory_path() /
+                       ("deadpeer-target-client-" + std::to_string(::getpid()) + ".log");
+  deadpeer::event_store store({.path = config.db});
+  const auto limit = config.hard_limit();
+  const auto answer_wait = greet.interval * 2 + milliseconds(10'000);
+  std::vector<trial_result> results;
+  for (int i = 0; i < config.trials && !interrupted(); ++i) {
+    trial_result r;
+    r.trial = first_trial + i;
+    answerer->reset();
+    auto argv = network.victim_exec_prefix();
+    argv.insert(argv.end(), {"sh", "-c", "exec " + command});
+    child_process target(argv, log.string());
+    // The target's connection to the answering server, as the kernel of its namespace sees it.
+    std::optional<deadpeer::socket_entry> before;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!before && !interrupted() && std::chrono::steady_clock::now() < until) {
+      for (const auto& e : diag->list())
+        if (e.state == deadpeer::tcp_state::established && e.remote == server_endpoint) before = e;
+      if (!before) std::this_thread::sleep_for(milliseconds(10));
+    }
+    if (interrupted()) break;
+    if (!before)
+      throw std::runtime_error("the target client did not connect to " +
+                               endpoint_text(server_endpoint) + " within 10s; it wrote: " +
+                               tail_of(log));
+    // Right after an answer, so the time measured is the whole time the client takes.
+    if (greet.periodic()) {
+      const auto seen = answerer->answers();
+      const auto answered_by = std::chrono::steady_clock::now() + answer_wait;
+      while (answerer->answers() == seen && !interrupted() &&
+             std::chrono::steady_clock::now() < answered_by)
+        std::this_thread::sleep_for(milliseconds(1));
+      if (interrupted()) break;
+      if (answerer->answers() == seen)
+        throw std::runtime_error("the target client sent nothing to answer within " +
+                                 deadpeer::format_duration(std::chrono::duration_cast<milliseconds>(answer_wait)) +
+                                 " (is --greeting its protocol?); it wrote: " + tail_of(log));
+    }
+
+    if (wire) wire->watch(before->local, server_endpoint);
+    const auto t0 = deadpeer::monotonic_ns();
+    if (config.fault == "cable-pull") network.cable_pull();
+    if (config.fault == "link-down") network.link_down();
+    if (config.fault == "hang") answerer->hang();
+    const auto w =
+        watch_socket(*diag, before->local, server_endpoint, t0 + limit.count() * 1'000'000, before);
+    fill_outcome(r, w, t0, limit);
+    if (w.detected_ns != 0) record_wire(wire.get(), r, w.detected_ns);
+    network.cable_heal();
+    network.link_up();
+    target.signal(SIGKILL);
+    (void)target.wait(milliseconds(5000));
+    store_trial(store, config, run_id, r, t0, w.detected_ns, "");
+    if (progress) progress(config, r);
+    results.push_back(std::move(r));
+  }
+  store.flush();
+  std::error_code ignored;
+  fs::remove(log, ignored);
+  return results;
+}
+
 }  // namespace
 
 std::vector<trial_result> run_target_experiment(const experiment_config& config,
                                                 std::int64_t run_id, int first_trial,
                                                 const trial_callback& progress) {
   const auto& t = *config.target;
+  if (t.client_side) return run_client_target(config, run_id, first_trial, progress);
   if (config.fault != "crash" && config.fault != "hang" && !lab_fault(config.fault))
     throw usage_error("--fault " + config.fault +
                       " does not apply to a target (target mode: crash, hang, cable-pull, "

@@ -227,3 +227,53 @@ TEST_CASE("target: a server without keepalive never notices a pulled cable") {
   CHECK(run.rows[0].outcome == "missed");
   CHECK_THAT(run.rows[0].note, Catch::Contains("no keepalive"));
 }
+
+TEST_CASE("target: a client with kernel keepalive 1s:1s:3 notices its server's cable cut") {
+  if (!lab_available()) return;
+  if (!fs::exists("/usr/bin/python3")) {
+    WARN("SKIPPED: /usr/bin/python3 is not installed (scripts/setup installs it)");
+    return;
+  }
+  // The client is the target; probe's answering server is its peer in the lab.
+  const std::string client =
+      "/usr/bin/python3 -c \"import socket; s = socket.create_connection(('{host}', {port})); "
+      "s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1); "
+      "s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1); "
+      "s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1); "
+      "s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3); s.recv(1)\"";
+  const auto run = run_probe({"--fault", "cable-pull", "--target-side", "client", "--target-port",
+                              "7791", "--target-cmd", client, "--trials", "1", "--limit", "20s"});
+  INFO(run.output);
+  CHECK(run.exit_code == 0);
+  REQUIRE(run.rows.size() == 1);
+  CHECK(run.rows[0].outcome == "detected");
+  CHECK(run.rows[0].detected_by == "target_close");
+  CHECK_THAT(run.rows[0].config_key, Catch::EndsWith("side=client"));
+  // Idle 1 s, then 3 probes 1 s apart: the kernel gives up 4 s after the last traffic.
+  CHECK(run.rows[0].latency_ms >= 3900);
+  CHECK(run.rows[0].latency_ms <= 6000);
+}
+
+TEST_CASE("target: a Redis-like client with a read timeout notices a hung server") {
+  if (!lab_available()) return;
+  if (!fs::exists("/usr/bin/python3")) {
+    WARN("SKIPPED: /usr/bin/python3 is not installed (scripts/setup installs it)");
+    return;
+  }
+  // PING every second, give up when an answer takes 3 s: a hung server (its kernel still
+  // ACKs) is noticed 1 s + 3 s after the last answer, by the client closing.
+  const std::string client =
+      "/usr/bin/python3 -c \"import socket, time\n"
+      "s = socket.create_connection(('{host}', {port})); s.settimeout(3)\n"
+      "while True:\n"
+      "    s.sendall(b'PING\\r\\n'); s.recv(64); time.sleep(1)\"";
+  const auto run = run_probe({"--fault", "hang", "--target-side", "client", "--target-port", "7792",
+                              "--greeting", "redis:interval=1s", "--target-cmd", client,
+                              "--trials", "1", "--limit", "20s"});
+  INFO(run.output);
+  CHECK(run.exit_code == 0);
+  REQUIRE(run.rows.size() == 1);
+  CHECK(run.rows[0].outcome == "detected");
+  CHECK(run.rows[0].latency_ms >= 3500);
+  CHECK(run.rows[0].latency_ms <= 6000);
+}
