@@ -127,6 +127,12 @@ class loopback_target {
   std::thread thread_;
 };
 
+bool python_available() {
+  if (fs::exists("/usr/bin/python3")) return true;
+  WARN("SKIPPED: /usr/bin/python3 is not installed (scripts/setup installs it)");
+  return false;
+}
+
 bool lab_available() {
   if (const auto why = probe::lab::unavailable_reason()) {
     WARN("SKIPPED: the network lab is not available here: " << *why);
@@ -212,11 +218,7 @@ TEST_CASE("target: mosquitto with keep alive 5s notices a pulled cable in 7 to 1
 }
 
 TEST_CASE("target: a server without keepalive never notices a pulled cable") {
-  if (!lab_available()) return;
-  if (!fs::exists("/usr/bin/python3")) {
-    WARN("SKIPPED: /usr/bin/python3 is not installed (scripts/setup installs it)");
-    return;
-  }
+  if (!lab_available() || !python_available()) return;
   const auto run =
       run_probe({"--fault", "cable-pull", "--target-cmd",
                  "/usr/bin/python3 -m http.server --bind 0.0.0.0 8080", "--target-port", "8080",
@@ -229,11 +231,7 @@ TEST_CASE("target: a server without keepalive never notices a pulled cable") {
 }
 
 TEST_CASE("target: a client with kernel keepalive 1s:1s:3 notices its server's cable cut") {
-  if (!lab_available()) return;
-  if (!fs::exists("/usr/bin/python3")) {
-    WARN("SKIPPED: /usr/bin/python3 is not installed (scripts/setup installs it)");
-    return;
-  }
+  if (!lab_available() || !python_available()) return;
   // The client is the target; probe's answering server is its peer in the lab.
   const std::string client =
       "/usr/bin/python3 -c \"import socket; s = socket.create_connection(('{host}', {port})); "
@@ -255,11 +253,7 @@ TEST_CASE("target: a client with kernel keepalive 1s:1s:3 notices its server's c
 }
 
 TEST_CASE("target: a Redis-like client with a read timeout notices a hung server") {
-  if (!lab_available()) return;
-  if (!fs::exists("/usr/bin/python3")) {
-    WARN("SKIPPED: /usr/bin/python3 is not installed (scripts/setup installs it)");
-    return;
-  }
+  if (!lab_available() || !python_available()) return;
   // PING every second, give up when an answer takes 3 s: a hung server (its kernel still
   // ACKs) is noticed 1 s + 3 s after the last answer, by the client closing.
   const std::string client =
