@@ -56,5 +56,6 @@ int command_tune(const std::vector<std::string>& args);
 int command_presets(const std::vector<std::string>& args);
 int command_load(const std::vector<std::string>& args);
 int command_speak(const std::vector<std::string>& args);
+int command_wrap(const std::vector<std::string>& args);
 
 }  // namespace probe

@@ -30,6 +30,8 @@ Commands:
             this host: handshake rate, RTT, verdicts, the server's memory and CPU each
   speak     hold one connection to any TCP server as a client would (raw, text, MQTT,
             HTTP, Redis) and print what happens; the victim of target mode
+  wrap      run a program you cannot rebuild with keepalive on its TCP sockets
+            (LD_PRELOAD): probe wrap --keepalive 60s:10s:5 -- myserver
 
 Target mode (a server you did not write, e.g. an MQTT broker):
   probe run --fault cable-pull --target-cmd "mosquitto -c my.conf" --target-port 1883 \
@@ -50,6 +52,7 @@ int main(int argc, char** argv) {
       {"connect", probe::command_connect}, {"run", probe::command_run},
       {"sweep", probe::command_sweep},     {"report", probe::command_report},
       {"load", probe::command_load},       {"speak", probe::command_speak},
+      {"wrap", probe::command_wrap},
   };
   std::vector<std::string> args(argv + 1, argv + argc);
   // The experiment users run first: probe --simulate-crash [options] = probe run --fault crash.

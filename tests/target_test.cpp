@@ -271,3 +271,20 @@ TEST_CASE("target: a Redis-like client with a read timeout notices a hung server
   CHECK(run.rows[0].latency_ms >= 3500);
   CHECK(run.rows[0].latency_ms <= 6000);
 }
+
+TEST_CASE("target: the same server without keepalive, under probe wrap 1s:1s:3, notices in 4 s") {
+  if (!lab_available() || !python_available()) return;
+  const auto run = run_probe(
+      {"--fault", "cable-pull", "--target-cmd",
+       std::string(DEADPEER_PROBE_BINARY) +
+           " wrap --keepalive 1s:1s:3 -- /usr/bin/python3 -m http.server --bind 0.0.0.0 8080",
+       "--target-port", "8080", "--greeting", "raw", "--trials", "1", "--limit", "20s"});
+  INFO(run.output);
+  CHECK(run.exit_code == 0);
+  REQUIRE(run.rows.size() == 1);
+  CHECK(run.rows[0].outcome == "detected");
+  CHECK(run.rows[0].detected_by == "target_close");
+  // Idle 1 s, then 3 unanswered probes 1 s apart: the kernel gives up at 4 s (the bound).
+  CHECK(run.rows[0].latency_ms >= 3900);
+  CHECK(run.rows[0].latency_ms <= 5000);
+}
