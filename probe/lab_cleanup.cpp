@@ -42,12 +42,16 @@ char* handler_env[] = {env_path, nullptr};
 
 enum slot_state : int { slot_free = 0, slot_filling = 1, slot_live = 2 };
 
+// Where each lab's owner marker lives (see "stale labs" below).
+constexpr const char* owners_dir = "/run/deadpeer-labs";
+
 struct cleanup_slot {
   std::atomic<int> state{slot_free};
   pid_t owner = 0;
   char ip_path[path_capacity] = {};
   char names[2][name_capacity] = {};
   char files[2][name_capacity + 16] = {};
+  char owner_marker[name_capacity + 32] = {};  ///< remove_stale_networks' proof of owner
   char* argv[2][5] = {};
 };
 
@@ -76,6 +80,8 @@ int detail::claim_slot(const std::string& ip_path, const topology& t) {
     for (int k = 0; k < 2; ++k) {
       std::snprintf(s.names[k], sizeof s.names[k], "%s", names[k]->c_str());
       std::snprintf(s.files[k], sizeof s.files[k], "%s/%s", netns_dir, names[k]->c_str());
+      std::snprintf(s.owner_marker, sizeof s.owner_marker, "%s/%s", owners_dir,
+                    t.server_ns.c_str());
       s.argv[k][0] = s.ip_path;
       s.argv[k][1] = word_netns;
       s.argv[k][2] = word_del;
@@ -147,6 +153,7 @@ void remove_all_from_handler() {
     if (s.state.load(std::memory_order_acquire) != slot_live || s.owner != self) continue;
     remove_namespace_from_handler(s, 0);
     remove_namespace_from_handler(s, 1);
+    ::unlink(s.owner_marker);  // async-signal-safe; the lab is gone, so is its marker
   }
 }
 
@@ -222,7 +229,6 @@ namespace {
 // and its PID namespace. Only a lab whose marker names a process of this PID namespace
 // that is gone is provably a dead probe's; anything else may be another user's, another
 // container's, or alive in a PID namespace we cannot see.
-constexpr const char* owners_dir = "/run/deadpeer-labs";
 
 std::string process_start_time(pid_t pid) {
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
@@ -300,6 +306,20 @@ std::vector<std::string> remove_stale_networks(std::vector<std::string>* left_al
     }
   }
   ::closedir(dir);
+  // Markers whose lab is gone and whose owner is not alive (a lab removed by a signal
+  // handler of an older build, say) are garbage.
+  if (DIR* owners = ::opendir(owners_dir)) {
+    std::vector<std::string> garbage;
+    while (const dirent* entry = ::readdir(owners)) {
+      const std::string marker = entry->d_name;
+      if (marker.rfind("dp-s-", 0) != 0) continue;
+      if (exists(netns_file(marker)) || exists(netns_file("dp-c-" + marker.substr(5)))) continue;
+      if (owner_of(marker) != owner_state::alive) garbage.push_back(marker);
+    }
+    ::closedir(owners);
+    for (const auto& marker : garbage)
+      ::unlink(owner_file(marker).c_str());
+  }
   for (const auto& [name, server_ns] : stale) {
     command_result r = run({"ip", "netns", "del", name});
     if (r.exit_code == 0) removed.push_back(name);

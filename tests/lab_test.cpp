@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <algorithm>
+#include <filesystem>
 #include <set>
 #include <sstream>
 #include <string>
@@ -607,6 +608,8 @@ TEST_CASE("lab: a fatal signal removes the namespaces of a live network", "[lab]
   auto names = netns_names();
   CHECK(names.count(server_ns) == 0);
   CHECK(names.count(victim_ns) == 0);
+  // Its owner marker went with it (the handler removes both).
+  CHECK_FALSE(std::filesystem::exists("/run/deadpeer-labs/" + server_ns));
 }
 
 TEST_CASE("lab: the signal cleanup passes the signal on to the handler installed before it",
