@@ -385,9 +385,8 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
     try {
       victim_process = start_steady_client(
           network.get(), probe_path,
-          (server.address.find(':') != std::string::npos ? "[" + server.address + "]"
-                                                         : server.address) +
-              ":" + std::to_string(server.port),
+          deadpeer::format_endpoint(
+              tcp::endpoint(asio::ip::make_address(server.address), server.port)),
           id, config, {});
     } catch (const std::runtime_error&) {
       if (interrupted()) break;  // Ctrl-C during warm-up: no trial happened

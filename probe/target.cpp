@@ -34,15 +34,6 @@ using tcp = boost::asio::ip::tcp;
 constexpr milliseconds poll_period{1};
 constexpr milliseconds start_timeout{10'000};
 
-bool lab_fault(const std::string& fault) {
-  return fault == "cable-pull" || fault == "link-down" || fault == "reboot";
-}
-
-std::string endpoint_text(const tcp::endpoint& e) {
-  const auto a = e.address().to_string();
-  return (e.address().is_v6() ? "[" + a + "]" : a) + ":" + std::to_string(e.port());
-}
-
 std::string lower(std::string_view s) {
   std::string out(s);
   std::transform(out.begin(), out.end(), out.begin(),
@@ -238,7 +229,7 @@ std::vector<trial_result> run_client_target(const experiment_config& config, std
     if (interrupted()) break;
     if (!before)
       throw std::runtime_error("the target client did not connect to " +
-                               endpoint_text(server_endpoint) + " within 10s; it wrote: " +
+                               deadpeer::format_endpoint(server_endpoint) + " within 10s; it wrote: " +
                                tail_of(log));
     // Right after an answer, so the time measured is the whole time the client takes.
     if (greet.periodic()) {
@@ -284,12 +275,14 @@ std::vector<trial_result> run_target_experiment(const experiment_config& config,
                                                 const trial_callback& progress) {
   const auto& t = *config.target;
   if (t.client_side) return run_client_target(config, run_id, first_trial, progress);
-  if (config.fault != "crash" && config.fault != "hang" && !lab_fault(config.fault))
+  // The fault table knows which faults act on the lab's network.
+  const auto& kind = find_fault(config.fault);
+  if (kind.server_side || (!kind.needs_lab && config.fault != "crash" && config.fault != "hang"))
     throw usage_error("--fault " + config.fault +
                       " does not apply to a target (target mode: crash, hang, cable-pull, "
                       "link-down, reboot)");
   const auto greet = greeting::parse(t.greeting);
-  if (t.command.empty() && lab_fault(config.fault))
+  if (t.command.empty() && kind.needs_lab)
     throw usage_error("--fault " + config.fault +
                       " acts on the lab's network, and a --target that is already listening is "
                       "outside it: give the command that starts the server (--target-cmd "
@@ -330,14 +323,14 @@ std::vector<trial_result> run_target_experiment(const experiment_config& config,
         network ? network->victim_exec_prefix() : std::vector<std::string>{};
     argv.insert(
         argv.end(),
-        {probe_path, "speak", "--server", endpoint_text(target_endpoint), "--greeting", t.greeting,
+        {probe_path, "speak", "--server", deadpeer::format_endpoint(target_endpoint), "--greeting", t.greeting,
          "--id", "deadpeer-probe-" + std::to_string(::getpid()) + "-" + std::to_string(r.trial)});
     child_process victim(argv);
     const auto connected = victim.wait_for_line("connected local=", milliseconds(10'000));
     if (interrupted()) break;  // Ctrl-C before the fault: no trial happened
     if (!connected)
       throw std::runtime_error("the victim could not connect to the target at " +
-                               endpoint_text(target_endpoint) + ": " + victim.output());
+                               deadpeer::format_endpoint(target_endpoint) + ": " + victim.output());
     const auto local_text = connected->substr(connected->find("local=") + 6);
     const auto victim_endpoint =
         deadpeer::parse_endpoint(local_text.substr(0, local_text.find(' ')));
@@ -350,7 +343,7 @@ std::vector<trial_result> run_target_experiment(const experiment_config& config,
     const auto before = diag->find(target_endpoint, victim_endpoint);
     if (!before || before->state != deadpeer::tcp_state::established)
       throw std::runtime_error("the target holds no ESTABLISHED socket for the victim " +
-                               endpoint_text(victim_endpoint) + " (sock_diag)");
+                               deadpeer::format_endpoint(victim_endpoint) + " (sock_diag)");
 
     if (wire) wire->watch(target_endpoint, victim_endpoint);
     const auto t0 = deadpeer::monotonic_ns();

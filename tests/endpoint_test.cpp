@@ -24,3 +24,8 @@ TEST_CASE("bad endpoints are refused with the input quoted") {
                                                Catch::Contains("HOST:PORT"));
   }
 }
+
+TEST_CASE("format_endpoint writes what parse_endpoint reads, IPv6 in brackets") {
+  for (const char* text : {"127.0.0.1:7700", "[::1]:7700", "10.231.77.1:0"})
+    CHECK(deadpeer::format_endpoint(deadpeer::parse_endpoint(text)) == text);
+}

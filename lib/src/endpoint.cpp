@@ -35,4 +35,10 @@ boost::asio::ip::tcp::endpoint parse_endpoint(std::string_view text) {
   return {address, static_cast<unsigned short>(port)};
 }
 
+std::string format_endpoint(const boost::asio::ip::tcp::endpoint& endpoint) {
+  const auto address = endpoint.address().to_string();
+  return (endpoint.address().is_v6() ? "[" + address + "]" : address) + ":" +
+         std::to_string(endpoint.port());
+}
+
 }  // namespace deadpeer

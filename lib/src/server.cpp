@@ -4,6 +4,7 @@
 // registry's invariant: a client id maps to the connection that was admitted last with
 // it, for as long as that connection lives; `admitted` and `per_ip` count exactly the
 // admitted connections that have not been released.
+#include <deadpeer/endpoint.hpp>
 #include <deadpeer/server.hpp>
 
 #include <deadpeer/clock.hpp>
@@ -58,11 +59,6 @@ double ms(std::int64_t ns) {
   return static_cast<double>(ns) / 1e6;
 }
 
-std::string to_string(const tcp::endpoint& e) {
-  return e.address().is_v6() ? "[" + e.address().to_string() + "]:" + std::to_string(e.port())
-                             : e.address().to_string() + ":" + std::to_string(e.port());
-}
-
 // A non-blocking listening socket; the loops of one server share the port (SO_REUSEPORT).
 int open_listener(const tcp::endpoint& at, bool reuse_port) {
   const int fd = ::socket(at.protocol().family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -71,7 +67,7 @@ int open_listener(const tcp::endpoint& at, bool reuse_port) {
     if (fd >= 0) ::close(fd);
     throw boost::system::system_error(
         boost::system::error_code(error, boost::system::system_category()),
-        std::string(what) + " " + to_string(at));
+        std::string(what) + " " + format_endpoint(at));
   };
   if (fd < 0) fail("cannot open a socket for");
   const int one = 1;
@@ -213,7 +209,7 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
       }
       loops.push_back(std::make_unique<server_loop>(*this, settings, i, fd));
     }
-    listen_text = to_string(listen_endpoint);
+    listen_text = format_endpoint(listen_endpoint);
     if (!options.db_path.empty())
       store = std::make_unique<event_store>(event_store::options{.path = options.db_path});
     if (options.control)

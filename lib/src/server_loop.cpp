@@ -6,6 +6,7 @@
 // end_on_eof off), plus EPOLLOUT while bytes are unsent.
 #include "server_loop.hpp"
 
+#include <deadpeer/endpoint.hpp>
 #include <deadpeer/clock.hpp>
 #include <deadpeer/tcp_info.hpp>
 
@@ -49,11 +50,6 @@ std::int64_t unix_ms_now() {
   return std::chrono::duration_cast<milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-std::string to_string(const tcp::endpoint& e) {
-  return e.address().is_v6() ? "[" + e.address().to_string() + "]:" + std::to_string(e.port())
-                             : e.address().to_string() + ":" + std::to_string(e.port());
 }
 
 bool is_errno(const std::error_code& ec) {
@@ -644,6 +640,17 @@ void server_loop::start_close(std::uint32_t slot) {
   reschedule(slot);
 }
 
+// The slot goes back on the free list; its generation changes so old references miss.
+void server_loop::free_slot(std::uint32_t slot) {
+  auto& c = at(slot);
+  c.state = phase::free;
+  ++c.generation;
+  c.next_free = free_head_;
+  free_head_ = slot;
+  --live_;
+  settings_.held->fetch_sub(1, std::memory_order_relaxed);
+}
+
 void server_loop::finish(std::uint32_t slot) {
   auto& c = at(slot);
   if (c.state == phase::free) return;
@@ -653,12 +660,7 @@ void server_loop::finish(std::uint32_t slot) {
   if (!c.engine || !c.engine->ended()) {
     // Only when setting up an accepted connection failed: nothing was spoken on it.
     if (!c.engine) {
-      c.state = phase::free;
-      ++c.generation;
-      c.next_free = free_head_;
-      free_head_ = slot;
-      --live_;
-      settings_.held->fetch_sub(1, std::memory_order_relaxed);
+      free_slot(slot);
       return;
     }
     c.engine->fail(cause::unknown, detected_by::application, {}, steady_clock::now());
@@ -674,7 +676,7 @@ void server_loop::finish(std::uint32_t slot) {
   connection_record r;
   r.session_id = c.engine->session_id();
   r.client_id = c.client_id;
-  r.peer_address = to_string(c.peer);
+  r.peer_address = format_endpoint(c.peer);
   r.opened_mono_ns = end.opened_ns;
   r.ended_mono_ns = end.decided_ns;
   r.last_heard_mono_ns = end.last_heard_ns;
@@ -712,12 +714,7 @@ void server_loop::finish(std::uint32_t slot) {
   c.rtt_samples = c.dead_after_ms = 0;
   c.admitted = c.established = c.want_write = false;
   c.reading = true;
-  c.state = phase::free;
-  ++c.generation;
-  c.next_free = free_head_;
-  free_head_ = slot;
-  --live_;
-  settings_.held->fetch_sub(1, std::memory_order_relaxed);
+  free_slot(slot);
   try {
     host_.ended(std::move(r), ended);
   } catch (const std::exception& e) {
@@ -767,7 +764,7 @@ json::array server_loop::connections_json() const {
     json::object o;
     o["session_id"] = c.engine->session_id();
     o["client_id"] = c.client_id;
-    o["peer"] = to_string(c.peer);
+    o["peer"] = format_endpoint(c.peer);
     o["state"] = c.state == phase::draining ? "closing"
                  : c.established            ? "established"
                                             : "handshaking";

@@ -128,6 +128,7 @@ class server_loop {
   void watch(connection& c, std::uint32_t slot);
   void start_close(std::uint32_t slot);
   void finish(std::uint32_t slot);
+  void free_slot(std::uint32_t slot);
   void reschedule(std::uint32_t slot);
   void fail(std::uint32_t slot, int error, connection_context::operation op);
   void run_tasks();

@@ -30,21 +30,7 @@ using std::chrono::steady_clock;
 
 // Validated here so that a bad configuration throws from session::start, in the caller.
 engine_config engine_config_for(const session_config& c) {
-  engine_config e;
-  e.role = c.role;
-  e.heartbeat = c.heartbeat;
-  e.detector = c.detector;
-  e.ping_jitter = c.ping_jitter;
-  e.handshake_timeout = c.handshake_timeout;
-  e.end_on_eof = c.end_on_eof;
-  e.client_id = c.client_id;
-  e.requested_interval = c.requested_interval;
-  e.auth_token = c.auth_token;
-  e.min_interval = c.min_interval;
-  e.max_interval = c.max_interval;
-  e.default_interval = c.default_interval;
-  e.max_frame = c.max_frame;
-  e.ping_strike_limit = c.ping_strike_limit;
+  engine_config e = c;  // the protocol's part of the settings
   validate(e);
   return e;
 }

@@ -5,6 +5,7 @@
 
 #include <boost/asio/ip/tcp.hpp>
 
+#include <string>
 #include <string_view>
 
 namespace deadpeer {
@@ -12,5 +13,8 @@ namespace deadpeer {
 /// Parses "127.0.0.1:7700" or "[::1]:7700"; the port may be 0
 /// (pick a free one). Throws config_error quoting the input otherwise.
 boost::asio::ip::tcp::endpoint parse_endpoint(std::string_view text);
+
+/// The form parse_endpoint reads: "127.0.0.1:7700", "[::1]:7700".
+std::string format_endpoint(const boost::asio::ip::tcp::endpoint& endpoint);
 
 }  // namespace deadpeer

@@ -46,43 +46,12 @@
 
 namespace deadpeer {
 
-/// Everything a session needs to know; the defaults suit a loopback or LAN peer.
-struct session_config {
-  session_role role = session_role::client;
-
+/// Everything a session needs to know; the defaults suit a loopback or LAN peer:
+/// the protocol's settings (engine_config: role, heartbeat, detector, handshake, client
+/// identity, the server's interval range, ...) and what only a socket-owning session adds.
+struct session_config : engine_config {
   /// Kernel keepalive to apply to the socket; nullopt leaves the socket as it is.
   std::optional<keepalive_options> keepalive;
-
-  /// Send PINGs and run the detector. Off: the session still answers PINGs and reports
-  /// kernel-detected ends, which is how keepalive alone is measured.
-  bool heartbeat = true;
-  /// Detector; its interval is replaced by the negotiated heartbeat interval.
-  detector_config detector = fixed_detector_config{};
-  /// Each PING is sent after interval × (1 ± jitter) of sending nothing.
-  double ping_jitter = 0.1;
-  /// HELLO (server) or WELCOME (client) must arrive within this; 0 disables the check
-  /// (for an owner that enforces it itself).
-  std::chrono::milliseconds handshake_timeout{5000};
-  /// What the peer's FIN (EOF without BYE) means. true: the peer is gone, end now
-  /// (cause peer_closed, detected by eof) -- a crashed process looks exactly like this.
-  /// false: the peer only half-closed; keep the connection, stop reading, report it
-  /// through on_peer_finished and let the owner decide (the server's reaper ends it as a
-  /// CLOSE_WAIT ghost at its next sweep).
-  bool end_on_eof = true;
-
-  // Client role.
-  std::string client_id = "deadpeer";
-  /// Interval asked for in HELLO; 0 lets the server choose.
-  std::chrono::milliseconds requested_interval{1000};
-  std::string auth_token;
-
-  // Server role.
-  std::chrono::milliseconds min_interval{100};  ///< requests are clamped into [min, max]
-  std::chrono::milliseconds max_interval{60000};
-  std::chrono::milliseconds default_interval{1000};  ///< for a request of 0
-  std::uint32_t max_frame = wire::default_max_frame;
-  /// PINGs closer than half the interval are strikes; this many in a row end the session.
-  int ping_strike_limit = 5;
   std::uint64_t session_id = 0;
 
   // Graceful close budget: how long and how much we read and discard waiting for FIN.
