@@ -57,5 +57,6 @@ int command_presets(const std::vector<std::string>& args);
 int command_load(const std::vector<std::string>& args);
 int command_speak(const std::vector<std::string>& args);
 int command_wrap(const std::vector<std::string>& args);
+int command_doctor(const std::vector<std::string>& args);
 
 }  // namespace probe

@@ -32,6 +32,8 @@ Commands:
             HTTP, Redis) and print what happens; the victim of target mode
   wrap      run a program you cannot rebuild with keepalive on its TCP sockets
             (LD_PRELOAD): probe wrap --keepalive 60s:10s:5 -- myserver
+  doctor    diagnose this host's TCP connections: CLOSE_WAIT leaks, idle connections
+            without keepalive (ghosts), silent peers, with the worst case to notice each
 
 Target mode (a server you did not write, e.g. an MQTT broker):
   probe run --fault cable-pull --target-cmd "mosquitto -c my.conf" --target-port 1883 \
@@ -52,7 +54,7 @@ int main(int argc, char** argv) {
       {"connect", probe::command_connect}, {"run", probe::command_run},
       {"sweep", probe::command_sweep},     {"report", probe::command_report},
       {"load", probe::command_load},       {"speak", probe::command_speak},
-      {"wrap", probe::command_wrap},
+      {"wrap", probe::command_wrap},       {"doctor", probe::command_doctor},
   };
   std::vector<std::string> args(argv + 1, argv + argc);
   // The experiment users run first: probe --simulate-crash [options] = probe run --fault crash.

@@ -1,6 +1,7 @@
 // The preload library on a real program it was not built for (Python's http.server), on
 // loopback: the server's accepted socket gets the keepalive timer only when wrapped.
 #include "../probe/child_process.hpp"
+#include "../probe/lab.hpp"
 
 #include <deadpeer/sock_diag.hpp>
 
@@ -8,6 +9,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/json.hpp>
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -97,6 +99,22 @@ TEST_CASE("preload: a wrapped server's accepted sockets get the keepalive, and i
   const auto log = read_file(c.log);
   CHECK_THAT(log, Catch::Contains("keepalive idle 2s, interval 1s, count 4"));
   CHECK_THAT(log, Catch::Contains("noticed within 6.0s"));
+
+  // probe doctor, reading the options from the socket of a program it did not start,
+  // reports the port covered with the wrapped setting's bound, and no ghost.
+  const auto doctor = probe::lab::run({DEADPEER_PROBE_BINARY, "doctor", "--pid",
+                                       std::to_string(c.server->pid()), "--idle-over", "0s", "--json"},
+                                      30s);
+  INFO(doctor.out << doctor.err);
+  CHECK(doctor.exit_code == 0);
+  const auto report = boost::json::parse(doctor.out).as_object();
+  CHECK(report.at("findings").as_array().empty());
+  REQUIRE(report.at("groups").as_array().size() == 1);
+  const auto& k = report.at("groups").as_array()[0].as_object().at("keepalive").as_object();
+  CHECK(k.at("options_read").as_int64() == 1);
+  CHECK(k.at("keepalive_on").as_int64() == 1);
+  CHECK(k.at("worst").as_string() == "2s:1s:4");
+  CHECK(k.at("bound").as_object().at("idle_ms").as_int64() == 6000);
 }
 
 TEST_CASE("preload: unwrapped, or filtered to another port, the socket has no keepalive") {
@@ -104,6 +122,13 @@ TEST_CASE("preload: unwrapped, or filtered to another port, the socket has no ke
   served_connection plain({}, false);
   REQUIRE(plain.server_side);
   CHECK(plain.server_side->timer == deadpeer::socket_timer::none);
+  // Doctor calls its accepted socket a ghost candidate: nothing will notice a dead client.
+  const auto doctor = probe::lab::run({DEADPEER_PROBE_BINARY, "doctor", "--pid",
+                                       std::to_string(plain.server->pid()), "--idle-over", "0s"},
+                                      30s);
+  CHECK(doctor.exit_code == 1);
+  CHECK_THAT(doctor.out, Catch::Contains("[idle-without-keepalive] 1 ESTABLISHED socket in PID " +
+                                         std::to_string(plain.server->pid()) + " (python3)"));
   served_connection other_port({DEADPEER_PROBE_BINARY, "wrap", "--keepalive", "2s:1s:4", "--only-port",
                                 "1", "--"},
                                 false);

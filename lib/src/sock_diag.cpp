@@ -1,15 +1,20 @@
 // sock_diag over NETLINK_INET_DIAG: requests are inet_diag_req_v2, answers inet_diag_msg
-// (linux/inet_diag.h). Only the fixed part of each answer is read; no attributes.
+// (linux/inet_diag.h). Of the attributes after the fixed part only INET_DIAG_INFO (a
+// struct tcp_info, as long as the kernel's version of it) is read.
 #include <deadpeer/sock_diag.hpp>
+
+#include "tcp_snapshot_of.hpp"
 
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -47,7 +52,8 @@ ip::address get_address(std::uint8_t family, const std::uint32_t (&from)[4]) {
   return ip::address_v6(b);
 }
 
-socket_entry entry_of(const inet_diag_msg& m) {
+socket_entry entry_of(const nlmsghdr& h) {
+  const auto& m = *static_cast<const inet_diag_msg*>(NLMSG_DATA(&h));
   socket_entry e;
   e.local = tcp::endpoint(get_address(m.idiag_family, m.id.idiag_src), ntohs(m.id.idiag_sport));
   e.remote = tcp::endpoint(get_address(m.idiag_family, m.id.idiag_dst), ntohs(m.id.idiag_dport));
@@ -59,6 +65,16 @@ socket_entry entry_of(const inet_diag_msg& m) {
   e.send_queue = m.idiag_wqueue;
   e.uid = m.idiag_uid;
   e.inode = m.idiag_inode;
+  // Attributes follow the fixed part; a shorter tcp_info (an older kernel) is zero-filled.
+  auto left = static_cast<int>(h.nlmsg_len) - static_cast<int>(NLMSG_LENGTH(sizeof m));
+  for (auto* a = reinterpret_cast<const rtattr*>(reinterpret_cast<const char*>(&m) +
+                                                 NLMSG_ALIGN(sizeof m));
+       RTA_OK(a, left); a = RTA_NEXT(a, left)) {
+    if (a->rta_type != INET_DIAG_INFO) continue;
+    ::tcp_info info{};
+    std::memcpy(&info, RTA_DATA(a), std::min<std::size_t>(RTA_PAYLOAD(a), sizeof info));
+    e.info = snapshot_of(info);
+  }
   return e;
 }
 
@@ -129,7 +145,7 @@ sock_diag::~sock_diag() {
 
 namespace {
 
-// Sends one request and calls on_message for every inet_diag_msg of the answer. Returns
+// Sends one request and calls on_message for every inet_diag_msg of the answer (its header). Returns
 // the errno of an NLMSG_ERROR answer (0 when none).
 template <typename F>
 int exchange(int fd, const request& r, F&& on_message) {
@@ -157,7 +173,7 @@ int exchange(int fd, const request& r, F&& on_message) {
       }
       if (h->nlmsg_type == SOCK_DIAG_BY_FAMILY &&
           h->nlmsg_len >= NLMSG_LENGTH(sizeof(inet_diag_msg))) {
-        on_message(*static_cast<const inet_diag_msg*>(NLMSG_DATA(h)));
+        on_message(*h);
         answered = true;
       }
     }
@@ -184,7 +200,7 @@ std::optional<socket_entry> sock_diag::find(const tcp::endpoint& local,
   r.body.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
   r.body.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
   std::optional<socket_entry> found;
-  const int error = exchange(fd_, r, [&](const inet_diag_msg& m) { found = entry_of(m); });
+  const int error = exchange(fd_, r, [&](const nlmsghdr& h) { found = entry_of(h); });
   if (error == ENOENT) return std::nullopt;
   if (error != 0) throw netlink_error(error, "lookup");
   // With no connection for the 4-tuple the kernel's lookup falls back to the listener.
@@ -192,7 +208,7 @@ std::optional<socket_entry> sock_diag::find(const tcp::endpoint& local,
   return found;
 }
 
-std::vector<socket_entry> sock_diag::list() {
+std::vector<socket_entry> sock_diag::list(detail what) {
   std::vector<socket_entry> all;
   for (const int family : {AF_INET, AF_INET6}) {
     request r{};
@@ -203,7 +219,8 @@ std::vector<socket_entry> sock_diag::list() {
     r.body.sdiag_family = static_cast<std::uint8_t>(family);
     r.body.sdiag_protocol = IPPROTO_TCP;
     r.body.idiag_states = ~0U;
-    const int error = exchange(fd_, r, [&](const inet_diag_msg& m) { all.push_back(entry_of(m)); });
+    if (what == detail::tcp_info) r.body.idiag_ext = 1U << (INET_DIAG_INFO - 1);
+    const int error = exchange(fd_, r, [&](const nlmsghdr& h) { all.push_back(entry_of(h)); });
     if (error != 0) throw netlink_error(error, "dump");
   }
   return all;

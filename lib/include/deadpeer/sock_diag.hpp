@@ -8,9 +8,13 @@
 // - A lookup by exact 4-tuple is one request and one answer (no dump of the whole table),
 //   cheap enough to poll every millisecond. The kernel answers such a lookup with the
 //   listening socket when no connection matches; that is reported as "no such socket".
+// - TCP_INFO (INET_DIAG_INFO) is asked for only when wanted: it triples each answer, and
+//   doctor needs it where a lookup by 4-tuple does not.
 // - The netlink socket belongs to the network namespace it was created in: create the
 //   object inside the namespace to observe (the lab's server namespace), use it anywhere.
 #pragma once
+
+#include <deadpeer/tcp_info.hpp>
 
 #include <boost/asio/ip/tcp.hpp>
 
@@ -60,6 +64,8 @@ struct socket_entry {
   std::uint32_t send_queue = 0;     ///< bytes not yet acknowledged
   std::uint32_t uid = 0;
   std::uint64_t inode = 0;  ///< 0 once no process holds it (orphaned)
+  /// The kernel's TCP_INFO for the socket, when asked for (sock_diag::detail::tcp_info).
+  std::optional<tcp_snapshot> info;
 };
 
 /// One NETLINK_INET_DIAG socket in the network namespace of the thread that created it.
@@ -75,8 +81,11 @@ class sock_diag {
   /// nullopt when the kernel holds none. Throws std::system_error on a netlink failure.
   std::optional<socket_entry> find(const boost::asio::ip::tcp::endpoint& local,
                                    const boost::asio::ip::tcp::endpoint& remote);
-  /// Every TCP socket of both families (listeners included). Throws std::system_error.
-  std::vector<socket_entry> list();
+  /// What list() asks the kernel for besides the fixed part of each answer.
+  enum class detail { states, tcp_info };
+  /// Every TCP socket of both families (listeners included), with TCP_INFO when `what` is
+  /// detail::tcp_info. Throws std::system_error.
+  std::vector<socket_entry> list(detail what = detail::states);
 
  private:
   int fd_ = -1;

@@ -24,6 +24,7 @@ struct tcp_snapshot {
   std::uint32_t probes = 0;             ///< unanswered zero-window or keepalive probes
   std::uint32_t backoff = 0;            ///< RTO back-off exponent
   std::uint32_t last_data_recv_ms = 0;  ///< since the last data segment arrived
+  std::uint32_t last_data_sent_ms = 0;  ///< since the last data segment was sent
   std::uint32_t last_ack_recv_ms = 0;   ///< since the last ACK arrived
 };
 
