@@ -2,6 +2,7 @@
 // Unset keepalive fields and tcp_retries2 come from this machine's /proc, so the
 // figures describe what the local kernel would do.
 #include "cli.hpp"
+#include "tune_recipes.hpp"
 
 #include <deadpeer/config_error.hpp>
 #include <deadpeer/duration.hpp>
@@ -93,14 +94,26 @@ int command_tune(const std::vector<std::string>& args) {
        "worst-case time allowed to notice a dead peer, e.g. 30s (required)")  //
       ("nat-idle,n", po::value<std::string>()->value_name("DURATION"),
        "idle timeout of a NAT, firewall or load balancer on the path, e.g. 4m (AWS NLB: "
-       "350s, many carrier NATs: 2.5m-5m); idle stays below 80% of it");
+       "350s, many carrier NATs: 2.5m-5m); idle stays below 80% of it")  //
+      ("for", po::value<std::vector<std::string>>()->value_name("NAME")->composing(),
+       "print the settings only for these: sysctl, c, nginx, go, java, grpc, redis, mqtt, "
+       "wrap; repeatable (default: all)");
   po::variables_map vm;
-  if (!parse_command_line(args, options, {},
-                          "Usage: probe tune --detect-within DURATION [--nat-idle DURATION]\n\n"
-                          "Proposes keepalive settings (idle, interval, count, user timeout) "
-                          "whose idle and\nbusy bounds both meet the target.",
-                          vm, std::cout))
+  if (!parse_command_line(
+          args, options, {},
+          "Usage: probe tune --detect-within DURATION [--nat-idle DURATION] [--for NAME]...\n\n"
+          "Proposes keepalive settings (idle, interval, count, user timeout) whose idle and\n"
+          "busy bounds both meet the target, then says them the way each place wants them:\n"
+          "sysctl lines, setsockopt in C, nginx, Go, Java, gRPC, Redis, MQTT, and the probe\n"
+          "wrap and doctor lines that apply them to a program without a rebuild and check.",
+          vm, std::cout))
     return exit_ok;
+  std::vector<std::string> wanted;
+  if (vm.count("for") != 0) wanted = vm["for"].as<std::vector<std::string>>();
+  for (const auto& name : wanted)
+    if (std::find(recipe_names().begin(), recipe_names().end(), name) == recipe_names().end())
+      throw usage_error("--for " + name +
+                        ": unknown; use sysctl, c, nginx, go, java, grpc, redis, mqtt or wrap");
 
   deadpeer::tune_request request;
   request.detect_within = deadpeer::parse_duration(vm["detect-within"].as<std::string>());
@@ -121,6 +134,17 @@ int command_tune(const std::vector<std::string>& args) {
     write_wrapped(std::cout, note, "  ", "- ");
   std::cout << "A hung peer process is invisible to keepalive (its kernel still answers):\n"
                "add an application heartbeat for that.\n";
+  const auto recipes = keepalive_recipes(proposal.settings, proposal.bound);
+  for (const auto& r : recipes) {
+    if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), r.name) == wanted.end()) continue;
+    std::cout << "\n" << r.title << ":\n";
+    std::string::size_type at = 0;
+    while (at < r.text.size()) {
+      const auto end = std::min(r.text.find('\n', at), r.text.size());
+      std::cout << "  " << r.text.substr(at, end - at) << "\n";
+      at = end + 1;
+    }
+  }
   return exit_ok;
 }
 
