@@ -83,7 +83,7 @@ int command_bound(const std::vector<std::string>& args) {
   if (!defaults.from_system)
     std::cout << "note: /proc/sys/net/ipv4 is not readable; Linux's default values were used\n";
   std::cout << "worst-case time to notice a dead peer:\n";
-  print_bound(deadpeer::compute_bound(used, defaults.retries2));
+  print_bound(deadpeer::compute_bound(used, defaults));
   return exit_ok;
 }
 
@@ -157,7 +157,7 @@ int command_presets(const std::vector<std::string>& args) {
   const auto defaults = deadpeer::read_kernel_defaults();
   for (const auto& p : deadpeer::keepalive_presets()) {
     const auto bound =
-        deadpeer::compute_bound(deadpeer::resolve(p.options, defaults), defaults.retries2);
+        deadpeer::compute_bound(deadpeer::resolve(p.options, defaults), defaults);
     std::cout << std::left << std::setw(14) << p.name << deadpeer::to_string(p.options)
               << "  (idle bound " << describe_duration(*bound.idle) << ", busy bound "
               << describe_duration(bound.busy) << ")\n";

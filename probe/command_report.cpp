@@ -79,7 +79,8 @@ int command_report(const std::vector<std::string>& args) {
   } else {
     std::cout << report::format_table(rows) << "(" << trials.size() << " trials, " << description
               << "; latencies over "
-              << "detected trials; failures = missed + premature; wire_diff = trials whose "
+              << "detected trials; over_bound = detected trials later than their bound; "
+              << "failures = missed + premature; wire_diff = trials whose "
               << "wire instant disagrees / trials with one)\n";
   }
   std::cout.flush();

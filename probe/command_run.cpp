@@ -332,6 +332,9 @@ int command_run(const std::vector<std::string>& args) {
           progress_out << " after " << describe_latency(r.latency_ms) << " (" << r.detected_by
                        << ", " << r.cause << (r.error_name.empty() ? "" : ", " + r.error_name)
                        << ")";
+        if (const auto b = c.bound();
+            r.outcome == "detected" && b && r.latency_ms > static_cast<double>(b->count()))
+          progress_out << " OVER ITS BOUND of " << deadpeer::format_duration(*b);
         if (!r.note.empty()) progress_out << " — " << r.note;
         progress_out << std::endl;
         out.push_back(trial_json(c, r));

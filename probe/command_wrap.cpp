@@ -83,8 +83,8 @@ int command_wrap(const std::vector<std::string>& args) {
   }
   if (vm.count("user-timeout") != 0)
     k.user_timeout = deadpeer::parse_duration(vm["user-timeout"].as<std::string>());
-  const auto bound = deadpeer::compute_bound(deadpeer::resolve(k, deadpeer::read_kernel_defaults()),
-                                             deadpeer::read_kernel_defaults().retries2);
+  const auto kernel = deadpeer::read_kernel_defaults();
+  const auto bound = deadpeer::compute_bound(deadpeer::resolve(k, kernel), kernel);
   const auto library = find_preload_library();
 
   auto set = [](const char* name, const std::string& value) { ::setenv(name, value.c_str(), 1); };

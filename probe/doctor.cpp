@@ -73,7 +73,7 @@ coverage coverage_of(const std::vector<const socket_entry*>& sockets, const host
     const auto read = host.settings.find(s->inode);
     if (read == host.settings.end()) continue;
     ++c.settings_read;
-    const auto bound = deadpeer::compute_bound(read->second, host.defaults.retries2);
+    const auto bound = deadpeer::compute_bound(read->second, host.defaults);
     const auto longer = [](const deadpeer::detection_bound& a, const deadpeer::detection_bound& b) {
       if (a.idle.has_value() != b.idle.has_value()) return !a.idle.has_value();
       return (a.idle ? *a.idle : milliseconds(0)) + a.busy > (b.idle ? *b.idle : milliseconds(0)) + b.busy;
@@ -94,7 +94,7 @@ coverage coverage_of(const std::vector<const socket_entry*>& sockets, const host
   deadpeer::keepalive_options assumed;
   assumed.enabled = c.keepalive_off == 0 && (timer_seen || c.keepalive_on > 0);
   c.worst = deadpeer::resolve(assumed, host.defaults);
-  c.bound = deadpeer::compute_bound(c.worst, host.defaults.retries2);
+  c.bound = deadpeer::compute_bound(c.worst, host.defaults);
   c.basis = std::string("assumed: keepalive ") + (c.worst.enabled ? "on (timer seen)" : "off") +
             " with the system's values; user timeout unknown" +
             (host.settings_unreadable.empty() ? "" : " (" + host.settings_unreadable + ")");

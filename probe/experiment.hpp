@@ -96,6 +96,9 @@ struct trial_result {
 inline constexpr std::chrono::milliseconds embedded_reap_interval{100};
 /// A FIN or RST on loopback or the lab's veth: a round trip plus scheduling.
 inline constexpr std::chrono::milliseconds kernel_notice_bound{20};
+/// How late the server's PING can leave after it falls due: its event loop's 1 ms timing
+/// wheel and the wake-up.
+inline constexpr std::chrono::milliseconds server_ping_slack{2};
 /// A target's trial ends `missed` after this, unless --limit says otherwise.
 inline constexpr std::chrono::milliseconds target_default_limit{60'000};
 

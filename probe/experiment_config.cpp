@@ -106,7 +106,7 @@ std::optional<milliseconds> experiment_config::bound() const {
   const auto defaults = deadpeer::read_kernel_defaults();
   const auto k =
       deadpeer::resolve(server_keepalive().value_or(deadpeer::keepalive_options{}), defaults);
-  const auto kernel = deadpeer::compute_bound(k, defaults.retries2);
+  const auto kernel = deadpeer::compute_bound(k, defaults);
   std::optional<milliseconds> heartbeat_bound;
   if (heartbeat) {
     // The detector's verdict after a fresh arrival, plus one interval of timer slack.
@@ -127,12 +127,16 @@ std::optional<milliseconds> experiment_config::bound() const {
   if (fault == "reboot") {
     // The first segment after healing meets RST: a keepalive probe or a PING.
     std::optional<milliseconds> keepalive_next;
-    if (k.enabled) keepalive_next = milliseconds(k.idle) + milliseconds(k.interval);
+    if (k.enabled)
+      keepalive_next = deadpeer::kernel_timer_timing(k.idle, defaults.hz).latest +
+                       deadpeer::kernel_timer_timing(k.interval, defaults.hz).latest;
     return smallest(keepalive_next, heartbeat ? std::optional(*heartbeat * 2) : std::nullopt);
   }
-  // cable-pull, link-down, server-cable-pull: idle when heartbeats are off; with heartbeats a PING
-  // goes unacknowledged, so the kernel's busy bound applies alongside the detector.
-  if (heartbeat) return smallest(heartbeat_bound, kernel.busy);
+  // cable-pull, link-down, server-cable-pull: idle when heartbeats are off; with heartbeats the
+  // server's next PING is the first segment left unacknowledged, and the kernel's busy bound
+  // counts from it. The fault comes right after the server's last answer, and a side whose
+  // last frame was an answer pings within 1.2 intervals (docs/protocol.md §6).
+  if (heartbeat) return smallest(heartbeat_bound, *heartbeat * 6 / 5 + server_ping_slack + kernel.busy);
   return kernel.idle;
 }
 

@@ -62,6 +62,9 @@ struct summary_row {
   std::optional<double> p50_ms, p95_ms, max_ms;
   std::optional<std::int64_t> bound_ms;  ///< nullopt: no finite bound
   std::optional<double> max_over_bound;  ///< max_ms / bound_ms when both exist (bound > 0)
+  std::optional<double> p50_over_bound;  ///< p50_ms / bound_ms: how tight the bound is
+  /// Detected trials whose latency exceeded their own bound: a promise broken.
+  std::size_t over_bound = 0;
   std::string detected_by;               ///< "eof", "eof+reset"; empty when none detected
   std::size_t wire_seen = 0;      ///< detected trials with a FIN/RST instant from the wire
   std::size_t wire_disagree = 0;  ///< of those, how many disagree (wire_disagrees)

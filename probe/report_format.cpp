@@ -97,12 +97,12 @@ std::string format_latency(double ms) {
 }
 
 std::string format_table(const std::vector<summary_row>& rows) {
-  const std::vector<std::string> header{"fault",       "configuration", "n",        "p50",
-                                        "p95",         "max",           "bound",    "max/bound",
-                                        "detected_by", "failures",      "wire_diff"};
+  const std::vector<std::string> header{
+      "fault",     "configuration", "n",           "p50",      "p95",       "max", "bound",
+      "max/bound", "p50/bound",     "over_bound", "detected_by", "failures", "wire_diff"};
   // Numbers are right-aligned, words left-aligned.
-  const std::vector<bool> right{false, false, true,  true, true, true,
-                                true,  true,  false, true, true};
+  const std::vector<bool> right{false, false, true, true,  true,  true, true,
+                                true,  true,  true, false, true, true};
   auto latency = [](const std::optional<double>& ms) {
     return ms ? format_latency(*ms) : std::string("-");
   };
@@ -112,6 +112,8 @@ std::string format_table(const std::vector<summary_row>& rows) {
         {r.fault, r.configuration, std::to_string(r.trials), latency(r.p50_ms), latency(r.p95_ms),
          latency(r.max_ms), r.bound_ms ? format_latency(static_cast<double>(*r.bound_ms)) : "none",
          r.max_over_bound ? format_ratio(*r.max_over_bound) : "-",
+         r.p50_over_bound ? format_ratio(*r.p50_over_bound) : "-",
+         r.bound_ms ? std::to_string(r.over_bound) : "-",
          r.detected_by.empty() ? "-" : r.detected_by, std::to_string(r.failures()),
          r.wire_seen == 0 ? "-"
                           : std::to_string(r.wire_disagree) + "/" + std::to_string(r.wire_seen)});
@@ -149,7 +151,7 @@ std::string format_csv(const std::vector<summary_row>& rows) {
   std::string out =
       "fault,configuration,n,p50_ms,p95_ms,max_ms,bound_ms,max_over_bound,detected_by,failures,"
       "detected,missed,premature,config_key,keepalive,heartbeat_interval_ms,detector,"
-      "user_timeout_ms,wire_seen,wire_disagree\r\n";
+      "user_timeout_ms,wire_seen,wire_disagree,p50_over_bound,over_bound\r\n";
   for (const auto& r : rows) {
     const std::vector<std::string> fields{csv_field(r.fault),
                                           csv_field(r.configuration),
@@ -170,7 +172,9 @@ std::string format_csv(const std::vector<summary_row>& rows) {
                                           csv_field(r.detector),
                                           std::to_string(r.user_timeout_ms),
                                           std::to_string(r.wire_seen),
-                                          std::to_string(r.wire_disagree)};
+                                          std::to_string(r.wire_disagree),
+                                          number(r.p50_over_bound),
+                                          std::to_string(r.over_bound)};
     for (std::size_t i = 0; i < fields.size(); ++i)
       out += (i > 0 ? "," : "") + fields[i];
     out += "\r\n";
@@ -194,6 +198,8 @@ std::string format_json(const std::vector<summary_row>& rows) {
     o["max_ms"] = number(r.max_ms);
     o["bound_ms"] = r.bound_ms ? boost::json::value(*r.bound_ms) : boost::json::value(nullptr);
     o["max_over_bound"] = number(r.max_over_bound);
+    o["p50_over_bound"] = number(r.p50_over_bound);
+    o["over_bound"] = count(r.over_bound);
     o["detected_by"] = r.detected_by;
     o["failures"] = count(r.failures());
     o["detected"] = count(r.detected);

@@ -120,6 +120,8 @@ std::vector<summary_row> summarize(const std::vector<trial_row>& rows) {
     if (row.outcome == "detected") {
       ++s.detected;
       if (row.latency_ms) g.latencies.push_back(*row.latency_ms);
+      if (row.latency_ms && row.bound_ms >= 0 && *row.latency_ms > static_cast<double>(row.bound_ms))
+        ++s.over_bound;
       if (row.wire_gap_ms && row.latency_ms) {
         ++s.wire_seen;
         if (wire_disagrees(*row.wire_gap_ms, *row.latency_ms)) ++s.wire_disagree;
@@ -142,8 +144,10 @@ std::vector<summary_row> summarize(const std::vector<trial_row>& rows) {
       s.p95_ms = nearest_rank(g.latencies, 95);
       s.max_ms = g.latencies.back();
     }
-    if (s.max_ms && s.bound_ms && *s.bound_ms > 0)
+    if (s.max_ms && s.bound_ms && *s.bound_ms > 0) {
       s.max_over_bound = *s.max_ms / static_cast<double>(*s.bound_ms);
+      s.p50_over_bound = *s.p50_ms / static_cast<double>(*s.bound_ms);
+    }
     s.detected_by = join_layers(g.layers);
     out.push_back(std::move(s));
   }

@@ -138,9 +138,8 @@ TEST_CASE("doctor: idle connections without keepalive are ghost candidates, cove
   CHECK(k.at("options_read").as_int64() == 1);
   CHECK(k.at("keepalive_on").as_int64() == 1);
   CHECK(k.at("worst").as_string() == deadpeer::to_string(options));
-  const auto bound = deadpeer::compute_bound(
-      deadpeer::resolve(options, deadpeer::read_kernel_defaults()),
-      deadpeer::read_kernel_defaults().retries2);
+  const auto kernel = deadpeer::read_kernel_defaults();
+  const auto bound = deadpeer::compute_bound(deadpeer::resolve(options, kernel), kernel);
   CHECK(k.at("bound").as_object().at("idle_ms").as_int64() == bound.idle->count());
   CHECK(k.at("bound").as_object().at("busy_ms").as_int64() == bound.busy.count());
   const auto* uncovered = group_where(a.report, bare_port);

@@ -123,6 +123,59 @@ TEST_CASE("idle bound: idle + interval x count, as measured in the lab") {
              Catch::Contains("1m + 10s x 5 = 110s"));
 }
 
+TEST_CASE("the timer wheel: how late the kernel fires a timer, at HZ 250 and 1000") {
+  // HZ 250 (4 ms ticks): 1 s = 250 ticks, on the 8-tick (32 ms) level.
+  CHECK(kernel_timer_timing(1s, 250).granularity == 32ms);
+  CHECK(kernel_timer_timing(1s, 250).periodic == 1024ms);  // the lab's probe spacing
+  CHECK(kernel_timer_timing(1s, 250).latest == 1036ms);
+  CHECK(kernel_timer_timing(200ms, 250).granularity == 4ms);  // 50 ticks: level 0
+  CHECK(kernel_timer_timing(200ms, 250).periodic == 204ms);
+  CHECK(kernel_timer_timing(10s, 250).granularity == 256ms);  // 2500 ticks: level 2
+  // HZ 1000: 1 s = 1000 ticks, on the 64-tick level: also 1024 ms.
+  CHECK(kernel_timer_timing(1s, 1000).periodic == 1024ms);
+  CHECK(kernel_timer_timing(1s, 1000).granularity == 64ms);
+  // Unknown tick: the nominal delay.
+  CHECK(kernel_timer_timing(1s, 0).latest == 1s);
+}
+
+TEST_CASE("bounds with the timer wheel hold the lab's measurements and stay within 3% of them") {
+  kernel_defaults hz250;
+  hz250.hz = 250;
+  // lab.md, packet capture at HZ 250: RST 4075-4089 ms after the last packet for 1s:1s:3.
+  const auto keepalive = compute_bound(settings(1s, 1s, 3), hz250);
+  REQUIRE(keepalive.idle);
+  CHECK(*keepalive.idle >= 4089ms);
+  CHECK(4082.0 / static_cast<double>(keepalive.idle->count()) >= 0.97);
+  CHECK_THAT(keepalive.idle_arithmetic, Catch::Contains("1.024s apart") &&
+                                            Catch::Contains("32ms") && Catch::Contains("nominal 4s"));
+  // User timeout 2500 ms with 1/1/10: RST at 3060-3078 ms.
+  const auto user = compute_bound(settings(1s, 1s, 10, 2500ms), hz250);
+  REQUIRE(user.idle);
+  CHECK(*user.idle >= 3078ms);
+  CHECK(3070.0 / static_cast<double>(user.idle->count()) >= 0.97);
+  // Busy with a user timeout: the clamped last retransmission timer.
+  CHECK(compute_bound(settings(1s, 1s, 3, 1s), hz250).busy == 1036ms);
+  // Without one, every back-off is late: more than the nominal 924.6 s.
+  CHECK(compute_bound(settings(1s, 1s, 3), hz250).busy > 924600ms);
+  // hz 0 is the nominal arithmetic.
+  CHECK(compute_bound(settings(1s, 1s, 3), kernel_defaults{}).idle == 4s);
+  // Never below the nominal, for every preset.
+  for (const auto& p : keepalive_presets()) {
+    const auto s = resolve(p.options, hz250);
+    const auto modelled = compute_bound(s, hz250), nominal = compute_bound(s, 15);
+    INFO(p.name);
+    CHECK(*modelled.idle >= *nominal.idle);
+    CHECK(modelled.busy >= nominal.busy);
+  }
+}
+
+TEST_CASE("the tick rate read from this kernel is a real one") {
+  const auto kernel = read_kernel_defaults();
+#ifdef __linux__
+  CHECK((kernel.hz == 100 || kernel.hz == 250 || kernel.hz == 300 || kernel.hz == 1000));
+#endif
+}
+
 TEST_CASE("idle bound with a user timeout: the count is ignored") {
   // lab.md: 1/1/10 with U 2.5 s aborts at 3 s, not 2.5 s and not 11 s.
   CHECK(compute_bound(settings(1s, 1s, 10, 2500ms), 15).idle == 3s);

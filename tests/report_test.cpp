@@ -208,6 +208,22 @@ TEST_CASE("failures count missed and premature trials, which stay out of the lat
   CHECK(s[0].detected_by == "heartbeat");
 }
 
+TEST_CASE("over_bound counts the trials above their own bound, p50/bound says how tight it is") {
+  const auto s = summarize({detected("cable-pull", "k", 4050, "keepalive", 4116),
+                            detected("cable-pull", "k", 4090, "keepalive", 4116),
+                            detected("cable-pull", "k", 4130, "keepalive", 4116),
+                            failed("cable-pull", "k", "missed")});
+  REQUIRE(s.size() == 1);
+  CHECK(s[0].over_bound == 1);
+  REQUIRE(s[0].p50_over_bound);
+  CHECK(*s[0].p50_over_bound == Approx(4090.0 / 4116));
+  const auto table = format_table(s);
+  CHECK_THAT(table, Catch::Contains("over_bound") && Catch::Contains("0.99"));
+  const auto none = summarize({detected("hang", "k", 500, "heartbeat")});
+  CHECK(none[0].over_bound == 0);
+  CHECK_FALSE(none[0].p50_over_bound);
+}
+
 TEST_CASE("bound: none when there is no finite bound, else max/bound") {
   const auto none = summarize({detected("hang", "k", 1500, "heartbeat", -1)});
   CHECK_FALSE(none.at(0).bound_ms);
@@ -279,8 +295,8 @@ TEST_CASE("the table has a header line and aligned columns") {
   REQUIRE(lines.size() == 3);
   CHECK(lines[0].starts_with("fault"));
   for (const char* column :
-       {"configuration", "n", "p50", "p95", "max", "bound", "max/bound", "detected_by", "failures",
-        "wire_diff"})
+       {"configuration", "n", "p50", "p95", "max", "bound", "max/bound", "p50/bound", "over_bound",
+        "detected_by", "failures", "wire_diff"})
     CHECK(lines[0].find(column) != std::string::npos);
   // The last column is right-aligned, so every line ends at the same place, and every
   // column starts where its header does.
@@ -310,10 +326,10 @@ TEST_CASE("csv follows RFC 4180") {
   CHECK(csv.substr(0, end_of_header) ==
         "fault,configuration,n,p50_ms,p95_ms,max_ms,bound_ms,max_over_bound,detected_by,"
         "failures,detected,missed,premature,config_key,keepalive,heartbeat_interval_ms,"
-        "detector,user_timeout_ms,wire_seen,wire_disagree");
+        "detector,user_timeout_ms,wire_seen,wire_disagree,p50_over_bound,over_bound");
   CHECK(csv.substr(end_of_header + 2) ==
         "crash,ka=off hb=off ut=off,1,0.5,0.5,0.5,10,0.05,eof,0,1,0,0,"
-        "\"ka=off, hb=\"\"1s\"\"\",off,0,fixed 3s (3 x 1s),0,0,0\r\n");
+        "\"ka=off, hb=\"\"1s\"\"\",off,0,fixed 3s (3 x 1s),0,0,0,0.05,0\r\n");
 }
 
 TEST_CASE("json is an array of objects with the csv's fields") {

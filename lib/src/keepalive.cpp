@@ -8,6 +8,7 @@
 
 #include <array>
 #include <charconv>
+#include <ctime>
 #include <fstream>
 
 namespace deadpeer {
@@ -157,6 +158,12 @@ kernel_defaults read_kernel_defaults() {
     d.retries2 = static_cast<int>(*retries2);
     d.from_system = true;
   }
+#ifdef CLOCK_MONOTONIC_COARSE
+  // The coarse clocks advance once per jiffy: their resolution is 1/HZ.
+  timespec tick{};
+  if (::clock_getres(CLOCK_MONOTONIC_COARSE, &tick) == 0 && tick.tv_sec == 0 && tick.tv_nsec > 0)
+    d.hz = static_cast<int>((1'000'000'000L + tick.tv_nsec / 2) / tick.tv_nsec);
+#endif
   return d;
 }
 

@@ -1,7 +1,8 @@
 // How long can a dead peer go unnoticed? The arithmetic here mirrors Linux's timers
-// (tcp_keepalive_timer and tcp_write_timeout in net/ipv4/tcp_timer.c) so the figures it
-// prints are the ones the fault lab measures, plus tens of milliseconds of timer slack.
-// The tuner runs the same arithmetic backwards.
+// (tcp_keepalive_timer and tcp_write_timeout in net/ipv4/tcp_timer.c) and, when the tick
+// rate is known, how the timer wheel (kernel/time/timer.c) delays each of them, so the
+// bound is the latest the kernel can abort: a promise the fault lab holds every trial to.
+// The tuner runs the nominal arithmetic backwards.
 #include <deadpeer/keepalive.hpp>
 
 #include <deadpeer/duration.hpp>
@@ -22,7 +23,46 @@ std::string fmt(milliseconds d) {
   return format_duration(d);
 }
 
+// Time in jiffies at `hz`. msecs_to_jiffies rounds up; back to milliseconds rounds up too,
+// so a bound never shrinks in the conversion.
+struct ticks_at {
+  int hz;
+  std::int64_t ticks(milliseconds d) const { return (d.count() * hz + 999) / 1000; }
+  milliseconds ms(std::int64_t t) const { return milliseconds((t * 1000 + hz - 1) / hz); }
+};
+
+// The timer wheel's granularity for a timer due in `t` ticks: level 0 (1 tick) below
+// LVL_START(1) = 63 ticks, then 8 times coarser per level, each level 8 times longer.
+std::int64_t wheel_granularity(std::int64_t t) {
+  // Level n >= 1 holds timers due in [63 x 8^(n-1), 63 x 8^n) ticks, granularity 8^n.
+  std::int64_t granularity = 1, level_end = 63;
+  while (t >= level_end && granularity < (std::int64_t{1} << 24)) {
+    granularity <<= 3;
+    level_end <<= 3;
+  }
+  return granularity;
+}
+
+// A timer armed for t ticks from any instant fires at most this many ticks later: the
+// bucket is the next granularity boundary strictly after the due time, and the callback
+// may run one tick after that.
+std::int64_t latest_ticks(std::int64_t t) { return t + wheel_granularity(t) + 1; }
+
+// A timer re-armed for t ticks from its own callback (which ran on a boundary of the same
+// granularity) fires exactly this many ticks later.
+std::int64_t periodic_ticks(std::int64_t t) {
+  const auto g = wheel_granularity(t);
+  return (t / g + 1) * g;
+}
+
 }  // namespace
+
+timer_wheel_timing kernel_timer_timing(milliseconds delay, int hz) {
+  if (hz <= 0) return {delay, delay, milliseconds(0)};
+  const ticks_at at{hz};
+  const auto t = at.ticks(delay);
+  return {at.ms(latest_ticks(t)), at.ms(periodic_ticks(t)), at.ms(wheel_granularity(t))};
+}
 
 milliseconds retransmission_give_up_time(int retries2) {
   // One initial RTO plus `retries2` back-offs, each doubling and capped at TCP_RTO_MAX.
@@ -78,6 +118,90 @@ detection_bound compute_bound(const keepalive_settings& s, int tcp_retries2) {
                                                 std::to_string(tcp_retries2 - 9) + " x 120s"
                                           : " (" + std::to_string(tcp_retries2 + 1) + " timeouts)";
     b.busy_arithmetic += " = " + fmt(b.busy) + " (a lower bound when RTT > 200ms)";
+  }
+  return b;
+}
+
+detection_bound compute_bound(const keepalive_settings& s, const kernel_defaults& kernel) {
+  if (kernel.hz <= 0) return compute_bound(s, kernel.retries2);
+  const detection_bound nominal = compute_bound(s, kernel.retries2);
+  detection_bound b;
+  const ticks_at at{kernel.hz};
+  const std::string hz = "HZ " + std::to_string(kernel.hz);
+  const auto grid = [&](milliseconds d) {
+    return fmt(at.ms(wheel_granularity(at.ticks(d))));
+  };
+
+  if (!s.enabled) {
+    b.idle_arithmetic = nominal.idle_arithmetic;
+  } else {
+    // Ticks from the last segment heard (t0): the first probe leaves at most one wheel
+    // granularity and one tick after the idle time; its timer then re-arms itself every
+    // interval on its grid (the first re-arm may start off the grid: up to d + granularity).
+    const auto idle_t = at.ticks(s.idle), interval_t = at.ticks(s.interval);
+    const auto first_probe = latest_ticks(idle_t);
+    const auto second_fire_earliest = idle_t + interval_t + 1;
+    const auto second_fire_latest = first_probe + interval_t + wheel_granularity(interval_t);
+    const auto period = periodic_ticks(interval_t);
+    std::int64_t abort_t = 0;
+    std::string how;
+    if (s.user_timeout.count() == 0) {
+      abort_t = second_fire_latest + (s.count - 1) * period;
+      how = std::to_string(s.count) + " probes " + fmt(at.ms(period)) + " apart (" +
+            fmt(s.interval) + " on the " + grid(s.interval) + " grid; the first up to " +
+            fmt(at.ms(second_fire_latest - first_probe)) + ")";
+    } else {
+      // Abort at the first re-armed firing at which the silence has lasted the user
+      // timeout: the latest such firing over every moment the second firing can take.
+      const auto user_t = at.ticks(s.user_timeout);
+      for (auto x = second_fire_earliest; x <= second_fire_latest; ++x) {
+        const auto fires = x >= user_t ? 0 : (user_t - x + period - 1) / period;
+        abort_t = std::max(abort_t, x + fires * period);
+      }
+      how = "probes " + fmt(at.ms(period)) + " apart (" + fmt(s.interval) + " on the " +
+            grid(s.interval) + " grid) until one falls due with the silence at least the user "
+            "timeout " + fmt(s.user_timeout) + " (count " + std::to_string(s.count) + " ignored)";
+    }
+    b.idle = at.ms(abort_t);
+    b.idle_arithmetic = "first probe by " + fmt(at.ms(first_probe)) + " (idle " + fmt(s.idle) +
+                        " + the " + grid(s.idle) + " timer grid at " + hz + " + one tick), " +
+                        how + ": aborted by " + fmt(*b.idle) + "; nominal " +
+                        fmt(*nominal.idle) + " (" + nominal.idle_arithmetic + ")";
+  }
+
+  if (s.user_timeout.count() != 0) {
+    // The retransmission timer is clamped to the time left of the user timeout: its last
+    // firing is armed at the earliest at the last nominal back-off before the timeout, for
+    // at most the remainder, and is late by at most that remainder's grid and a tick.
+    const auto user_t = at.ticks(s.user_timeout);
+    std::int64_t last_armed = 0;
+    milliseconds rto = rto_min;
+    while (last_armed + at.ticks(rto) < user_t) {
+      last_armed += at.ticks(rto);
+      rto = std::min(rto * 2, rto_max);
+    }
+    const auto remainder = user_t - last_armed;
+    const auto slack = latest_ticks(remainder) - remainder;
+    b.busy = at.ms(user_t + slack);
+    b.busy_arithmetic = "user_timeout " + fmt(s.user_timeout) + " from the first unacknowledged "
+                        "segment + at most " + fmt(at.ms(slack)) + " (the last retransmission "
+                        "timer, clamped to the " + fmt(at.ms(remainder)) + " left, on its " +
+                        fmt(at.ms(wheel_granularity(remainder))) + " grid at " + hz +
+                        ", and one tick) = " + fmt(b.busy) +
+                        " (keepalive is not sent while data is unacknowledged)";
+  } else {
+    std::int64_t total = 0;
+    milliseconds rto = rto_min;
+    for (int i = 0; i <= std::max(kernel.retries2, 0); ++i) {
+      total += latest_ticks(at.ticks(rto));
+      rto = std::min(rto * 2, rto_max);
+    }
+    b.busy = at.ms(total);
+    b.busy_arithmetic = "no user timeout: " + std::to_string(kernel.retries2 + 1) +
+                        " retransmission timeouts, 200ms doubling to at most 120s, each late by "
+                        "its timer grid and one tick at " + hz + " = " + fmt(b.busy) +
+                        " from the first unacknowledged segment; nominal " + fmt(nominal.busy) +
+                        " (a lower bound when RTT > 200ms)";
   }
   return b;
 }

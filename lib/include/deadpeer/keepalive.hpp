@@ -65,11 +65,15 @@ struct kernel_defaults {
   int count = 9;                      ///< net.ipv4.tcp_keepalive_probes
   int retries2 = 15;                  ///< net.ipv4.tcp_retries2
   bool from_system = false;  ///< true when read from /proc, false when these are Linux's defaults
+  /// The kernel's timer tick (CONFIG_HZ), which sets how late its timers fire; 0 when
+  /// unknown, and then bounds are the nominal arithmetic without timer slack.
+  int hz = 0;
 };
 
 /// Reads /proc/sys/net/ipv4/tcp_keepalive_{time,intvl,probes} and tcp_retries2. Where a
 /// file cannot be read (not Linux, no /proc), Linux's compiled-in defaults are returned
-/// with from_system = false.
+/// with from_system = false. The tick (hz) is the resolution of CLOCK_MONOTONIC_COARSE,
+/// which is one jiffy.
 kernel_defaults read_kernel_defaults();
 
 /// Fully resolved keepalive settings: what the kernel will actually use.
@@ -112,8 +116,26 @@ struct detection_bound {
   std::string busy_arithmetic;
 };
 
-/// Computes both bounds for resolved settings and the system's tcp_retries2.
+/// Computes both bounds for resolved settings, the system's tcp_retries2 and the kernel's
+/// timer tick. With hz known, every kernel timer is modelled as Linux's timer wheel runs it
+/// (kernel/time/timer.c): a timer due in d ticks fires on the next boundary of its wheel
+/// level's granularity after that (1 tick below 63 ticks, 8 below 504, 64 below 4032, and
+/// 8 times more per level), so at HZ 250 a 1 s keepalive interval is 1024 ms and the first
+/// probe can leave up to 36 ms after the idle time. The bound is then the latest the kernel
+/// can abort, not the option arithmetic; the arithmetic strings show both terms.
+detection_bound compute_bound(const keepalive_settings& settings, const kernel_defaults& kernel);
+/// The nominal arithmetic (no timer slack): compute_bound with hz 0.
 detection_bound compute_bound(const keepalive_settings& settings, int tcp_retries2);
+
+/// How late the kernel's timer wheel fires a timer armed for `delay` at tick rate `hz`:
+/// the latest firing after arming, and the spacing of a timer that re-arms itself from its
+/// own callback (keepalive probes), which is exact. Both equal `delay` when hz is 0.
+struct timer_wheel_timing {
+  std::chrono::milliseconds latest;   ///< delay + granularity of its level + one tick
+  std::chrono::milliseconds periodic;  ///< (floor(ticks / granularity) + 1) x granularity
+  std::chrono::milliseconds granularity;
+};
+timer_wheel_timing kernel_timer_timing(std::chrono::milliseconds delay, int hz);
 
 /// Time until retransmission gives up with tcp_retries2 = `retries2`: the sum of the
 /// back-off intervals, RTO starting at 200 ms (TCP_RTO_MIN) and doubling up to 120 s
