@@ -11,6 +11,7 @@
 #include <array>
 #include <cerrno>
 #include <cstddef>
+#include <cstring>
 #include <future>
 #include <set>
 #include <string>
@@ -27,9 +28,9 @@ using op = connection_context::operation;
 
 namespace {
 
-// The enumerations are contiguous from 0 and end with unknown / none; the test
+// The enumerations are contiguous from 0 and end with invalid_call / none; the test
 // "no enumerator after the last one" keeps these loops honest.
-constexpr int cause_count = static_cast<int>(cause::unknown) + 1;
+constexpr int cause_count = static_cast<int>(cause::invalid_call) + 1;
 constexpr int detected_by_count = static_cast<int>(detected_by::none) + 1;
 
 connection_context make_context(op operation, bool in_flight, bool keepalive, bool user_timeout) {
@@ -140,8 +141,12 @@ TEST_CASE("each errno maps to one cause and one layer") {
       row{EINTR, {cause::not_a_failure, detected_by::none}},
       row{ECANCELED, {cause::local_close, detected_by::application}},
       row{EBADF, {cause::local_close, detected_by::application}},
-      row{ENOBUFS, {cause::unknown, detected_by::application}},
-      row{EMFILE, {cause::unknown, detected_by::application}},
+      row{ENOBUFS, {cause::resource_exhausted, detected_by::application}},
+      row{EMFILE, {cause::resource_exhausted, detected_by::application}},
+      row{EADDRNOTAVAIL, {cause::address_unavailable, detected_by::application}},
+      row{EINPROGRESS, {cause::not_a_failure, detected_by::none}},
+      row{EPROTONOSUPPORT, {cause::invalid_call, detected_by::application}},
+      row{ENOSPC, {cause::unknown, detected_by::application}},
   };
   for (const row& r : rows) {
     for (const auto* category : {&std::generic_category(), &std::system_category()}) {
@@ -336,22 +341,15 @@ TEST_CASE("the Linux rows of the table agree with classify") {
 #endif
 
 TEST_CASE("Winsock and Linux twins map to the same cause") {
-  const std::array<std::pair<int, int>, 15> twins{{
-      {104, 10054},
-      {103, 10053},
-      {110, 10060},
-      {113, 10065},
-      {101, 10051},
-      {100, 10050},
-      {111, 10061},
-      {11, 10035},
-      {4, 10004},
-      {107, 10057},
-      {108, 10058},
-      {102, 10052},
-      {112, 10064},
-      {125, 995},
-      {9, 10038},
+  const std::array<std::pair<int, int>, 23> twins{{
+      {EINVAL, 10022},   {EMFILE, 10024},     {EINPROGRESS, 10036},
+      {EALREADY, 10037}, {EADDRINUSE, 10048}, {EADDRNOTAVAIL, 10049},
+      {ENOBUFS, 10055},  {EISCONN, 10056},    {104, 10054},
+      {103, 10053},      {110, 10060},        {113, 10065},
+      {101, 10051},      {100, 10050},        {111, 10061},
+      {11, 10035},       {4, 10004},          {107, 10057},
+      {108, 10058},      {102, 10052},        {112, 10064},
+      {125, 995},        {9, 10038},
   }};
   for (const auto& [linux_number, winsock_number] : twins) {
     INFO(linux_number << " / " << winsock_number);
@@ -443,7 +441,7 @@ TEST_CASE("lookup refuses garbage without crashing") {
                            "1 04",
                            "10 053",
                            "0",
-                           "105",
+                           "134",
                            "9999",
                            "99999999999999999999",
                            "184467440737095516161844674407370955161",
@@ -549,3 +547,275 @@ TEST_CASE("loopback: after a reset, the first write reports it and later ones ar
   CHECK(c.cause == cause::broken_pipe);
   CHECK(c.detected_by == detected_by::reset);
 }
+
+// What users paste: messages, log lines, states, hex codes. Pure lookups, no sockets.
+namespace {
+
+struct pasted {
+  std::string_view text;
+  std::string_view error_name;  // empty: the answer carries no error number
+  cause expected;
+};
+
+}  // namespace
+
+TEST_CASE("the causes stored before the refusals keep their names") {
+  // These strings are in existing databases: they must never change.
+  const std::array<std::string_view, 19> stored{"peer_closed",
+                                                "peer_reset",
+                                                "local_abort",
+                                                "keepalive_timeout",
+                                                "user_timeout",
+                                                "retransmission_timeout",
+                                                "connect_timeout",
+                                                "broken_pipe",
+                                                "host_unreachable",
+                                                "network_unreachable",
+                                                "connection_refused",
+                                                "heartbeat_timeout",
+                                                "reaped",
+                                                "superseded",
+                                                "handshake_timeout",
+                                                "protocol_error",
+                                                "local_close",
+                                                "not_a_failure",
+                                                "unknown"};
+  for (std::size_t i = 0; i < stored.size(); ++i) {
+    INFO(stored[i]);
+    CHECK(deadpeer::to_string(static_cast<cause>(i)) == stored[i]);
+  }
+  CHECK(deadpeer::known_causes().size() == static_cast<std::size_t>(cause_count));
+  for (const std::string_view refusal :
+       {"auth_failed", "too_many_pings", "server_full", "unsupported_version", "invalid_client_id",
+        "internal_error"}) {
+    INFO(refusal);
+    REQUIRE(deadpeer::cause_from_string(refusal).has_value());
+    CHECK(deadpeer::to_string(*deadpeer::cause_from_string(refusal)) == refusal);
+  }
+}
+
+TEST_CASE("pasted messages and log lines find their error") {
+  const std::array cases{
+      pasted{"Connection reset by peer", "ECONNRESET", cause::peer_reset},
+      pasted{"connection reset by peer", "ECONNRESET", cause::peer_reset},
+      pasted{"Broken pipe", "EPIPE", cause::broken_pipe},
+      pasted{"Software caused connection abort", "ECONNABORTED", cause::local_abort},
+      pasted{"Connection timed out", "ETIMEDOUT", cause::keepalive_timeout},
+      pasted{"No route to host", "EHOSTUNREACH", cause::host_unreachable},
+      pasted{"Connection refused", "ECONNREFUSED", cause::connection_refused},
+      pasted{"java.net.SocketException: Connection reset", "ECONNRESET", cause::peer_reset},
+      pasted{"java.net.SocketException: Connection reset by peer", "ECONNRESET", cause::peer_reset},
+      pasted{"java.net.SocketException: Socket closed", "", cause::local_close},
+      pasted{"java.net.SocketTimeoutException: Read timed out", "", cause::not_a_failure},
+      pasted{"java.net.SocketTimeoutException: connect timed out", "", cause::connect_timeout},
+      pasted{"[Errno 104] Connection reset by peer", "ECONNRESET", cause::peer_reset},
+      pasted{"ConnectionResetError: [Errno 104] Connection reset by peer", "ECONNRESET",
+             cause::peer_reset},
+      pasted{"BrokenPipeError: [Errno 32] Broken pipe", "EPIPE", cause::broken_pipe},
+      pasted{"ConnectionAbortedError", "ECONNABORTED", cause::local_abort},
+      pasted{"ConnectionRefusedError: [Errno 111] Connection refused", "ECONNREFUSED",
+             cause::connection_refused},
+      pasted{"TimeoutError: [Errno 110] Connection timed out", "ETIMEDOUT",
+             cause::keepalive_timeout},
+      pasted{"socket.timeout: timed out", "", cause::not_a_failure},
+      pasted{"read tcp 1.2.3.4:5->6.7.8.9:10: read: connection reset by peer", "ECONNRESET",
+             cause::peer_reset},
+      pasted{"dial tcp 127.0.0.1:9: connect: connection refused", "ECONNREFUSED",
+             cause::connection_refused},
+      pasted{"write tcp 10.0.0.1:443->10.0.0.2:5000: use of closed network connection", "",
+             cause::local_close},
+      pasted{"Error: read ECONNRESET", "ECONNRESET", cause::peer_reset},
+      pasted{"Error: connect ECONNREFUSED 127.0.0.1:8080", "ECONNREFUSED",
+             cause::connection_refused},
+      pasted{"System.Net.Sockets.SocketException (10054): An existing connection was forcibly "
+             "closed by the remote host.",
+             "WSAECONNRESET", cause::peer_reset},
+      pasted{"An established connection was aborted by the software in your host machine",
+             "WSAECONNABORTED", cause::local_abort},
+      pasted{"A connection attempt failed because the connected party did not properly respond "
+             "after a period of time...",
+             "WSAETIMEDOUT", cause::keepalive_timeout},
+      pasted{"No connection could be made because the target machine actively refused it. "
+             "127.0.0.1:5000",
+             "WSAECONNREFUSED", cause::connection_refused},
+      pasted{"ConnectionAbortedError: [WinError 10053] An established connection was aborted "
+             "by the software in your host machine",
+             "WSAECONNABORTED", cause::local_abort},
+      pasted{"SocketErrorCode: ConnectionReset", "WSAECONNRESET", cause::peer_reset},
+      pasted{"accept: Too many open files", "EMFILE", cause::resource_exhausted},
+      pasted{"Too many open files in system", "ENFILE", cause::resource_exhausted},
+      pasted{"bind: Address already in use", "EADDRINUSE", cause::address_in_use},
+      pasted{"connect() failed (99: Cannot assign requested address)", "EADDRNOTAVAIL",
+             cause::address_unavailable},
+      pasted{"upstream timed out (110: Connection timed out) while reading", "ETIMEDOUT",
+             cause::keepalive_timeout},
+      pasted{"recv failed, errno=104", "ECONNRESET", cause::peer_reset},
+      pasted{"Connection reset by peer (os error 104)", "ECONNRESET", cause::peer_reset},
+      pasted{"WSA error 0x2746", "WSAECONNRESET", cause::peer_reset},
+      pasted{"0x2746", "WSAECONNRESET", cause::peer_reset},
+      pasted{"0X2745", "WSAECONNABORTED", cause::local_abort},
+      pasted{"0x80072746", "WSAECONNRESET", cause::peer_reset},
+  };
+  for (const pasted& p : cases) {
+    INFO("'" << p.text << "'");
+    const auto r = deadpeer::lookup(p.text);
+    REQUIRE(r.has_value());
+    CHECK(r->cause == p.expected);
+    if (p.error_name.empty()) {
+      CHECK_FALSE(r->error.has_value());
+    } else {
+      REQUIRE(r->error.has_value());
+      CHECK(r->error->name == p.error_name);
+    }
+    CHECK_FALSE(r->matched.empty());
+  }
+}
+
+TEST_CASE("the longest known text in a line wins") {
+  const auto java = deadpeer::lookup("java.net.SocketException: Connection reset by peer");
+  REQUIRE(java.has_value());
+  CHECK(java->matched == "Connection reset by peer");
+  REQUIRE(java->text.has_value());
+  CHECK(java->text->source == "strerror");
+
+  const auto system = deadpeer::lookup("socket: Too many open files in system");
+  REQUIRE(system.has_value());
+  CHECK(system->error.value().name == "ENFILE");
+
+  // A Python exception name and its message agree; the longer one is reported.
+  const auto python = deadpeer::lookup("BrokenPipeError: [Errno 32] Broken pipe");
+  REQUIRE(python.has_value());
+  CHECK(python->matched == "BrokenPipeError");
+}
+
+TEST_CASE("TCP states are recognised as ss and netstat print them") {
+  for (const char* text : {"CLOSE_WAIT", "close-wait", "Close_Wait",
+                           "tcp  1  0 10.0.0.1:80  10.0.0.2:5000  CLOSE_WAIT  1234/python3"}) {
+    INFO("'" << text << "'");
+    const auto r = deadpeer::lookup(text);
+    REQUIRE(r.has_value());
+    CHECK(r->cause == cause::reaped);
+    REQUIRE(r->text.has_value());
+    CHECK(r->text->is_tcp_state);
+    CHECK_FALSE(r->error.has_value());
+  }
+  for (const char* state : {"SYN_SENT", "SYN_RECV", "SYN-RECV", "SYN_RECEIVED", "CLOSE_WAIT",
+                            "FIN_WAIT1", "FIN-WAIT-1", "FIN_WAIT2", "FIN-WAIT-2", "LAST_ACK",
+                            "TIME_WAIT", "TIME-WAIT", "CLOSING", "ESTABLISHED"}) {
+    INFO(state);
+    const auto r = deadpeer::lookup(state);
+    REQUIRE(r.has_value());
+    REQUIRE(r->text.has_value());
+    CHECK(r->text->is_tcp_state);
+    CHECK_FALSE(r->text->note.empty());
+  }
+  CHECK(deadpeer::lookup("SYN_SENT").value().cause == cause::connect_timeout);
+  CHECK(deadpeer::lookup("TIME_WAIT").value().cause == cause::not_a_failure);
+  // Inside a sentence, only capitals are a state: "closing" is an English word.
+  CHECK_FALSE(deadpeer::lookup("error while closing the socket").has_value());
+}
+
+TEST_CASE("the errnos of local conditions are known by number and by name") {
+  const std::array<std::pair<int, cause>, 16> local{{
+      {EINPROGRESS, cause::not_a_failure},
+      {EALREADY, cause::not_a_failure},
+      {EISCONN, cause::not_a_failure},
+      {ENOBUFS, cause::resource_exhausted},
+      {EADDRINUSE, cause::address_in_use},
+      {EADDRNOTAVAIL, cause::address_unavailable},
+      {EMFILE, cause::resource_exhausted},
+      {ENFILE, cause::resource_exhausted},
+      {EINVAL, cause::invalid_call},
+      {ENOPROTOOPT, cause::invalid_call},
+      {EPROTOTYPE, cause::invalid_call},
+      {EMSGSIZE, cause::invalid_call},
+      {EDESTADDRREQ, cause::invalid_call},
+      {ENOTSOCK, cause::local_close},
+      {ESOCKTNOSUPPORT, cause::invalid_call},
+      {EPROTONOSUPPORT, cause::invalid_call},
+  }};
+  for (const auto& [number, expected] : local) {
+    INFO(number);
+    const auto by_number = deadpeer::lookup(std::to_string(number));
+    REQUIRE(by_number.has_value());
+    REQUIRE(by_number->error.has_value());
+    CHECK(by_number->cause == expected);
+    CHECK_FALSE(by_number->error->note.empty());
+    CHECK(classify(errno_code(number), {}).cause == expected);
+    const auto by_name = deadpeer::lookup(by_number->error->name);
+    REQUIRE(by_name.has_value());
+    CHECK(by_name->error.value().number == number);
+  }
+  for (const int winsock : {10022, 10024, 10036, 10048, 10049, 10055, 10056}) {
+    INFO(winsock);
+    const auto r = deadpeer::lookup(std::to_string(winsock));
+    REQUIRE(r.has_value());
+    CHECK(r->error.value().platform == "winsock");
+    CHECK_FALSE(r->error->note.empty());
+  }
+}
+
+TEST_CASE("ETIMEDOUT is explained by what the connection was doing") {
+  using deadpeer::activity;
+  for (const char* text : {"ETIMEDOUT", "110", "WSAETIMEDOUT", "Connection timed out"}) {
+    INFO(text);
+    const auto r = deadpeer::lookup(text);
+    REQUIRE(r.has_value());
+    REQUIRE(r->error.has_value());
+    CHECK(deadpeer::depends_on_activity(*r->error));
+    CHECK(deadpeer::cause_while(*r->error, activity::connecting) == cause::connect_timeout);
+    CHECK(deadpeer::cause_while(*r->error, activity::idle) == cause::keepalive_timeout);
+    CHECK(deadpeer::cause_while(*r->error, activity::sending) == cause::retransmission_timeout);
+  }
+  const auto reset = deadpeer::lookup("ECONNRESET").value().error.value();
+  CHECK_FALSE(deadpeer::depends_on_activity(reset));
+  CHECK(deadpeer::cause_while(reset, activity::connecting) == cause::peer_reset);
+  for (const activity a : {activity::connecting, activity::idle, activity::sending})
+    CHECK(deadpeer::activity_from_string(deadpeer::to_string(a)) == a);
+  CHECK_FALSE(deadpeer::activity_from_string("busy").has_value());
+  CHECK(deadpeer::explain(cause::connect_timeout).on_the_wire.find("tcp_syn_linear_timeouts") !=
+        std::string_view::npos);
+  CHECK(deadpeer::explain(cause::retransmission_timeout).what_to_do.find("TCP_USER_TIMEOUT") !=
+        std::string_view::npos);
+}
+
+TEST_CASE("the corrections are in the explanations") {
+  const auto& aborted = deadpeer::explain(cause::local_abort);
+  CHECK(aborted.on_the_wire.find("FIN") != std::string_view::npos);
+  CHECK(aborted.on_the_wire.find("EPIPE or ECONNRESET") != std::string_view::npos);
+  CHECK(aborted.typical.find("accept() does not report it") != std::string_view::npos);
+  CHECK(deadpeer::lookup("10053").value().error.value().note.find("FIN") != std::string_view::npos);
+  CHECK(deadpeer::explain(cause::host_unreachable).on_the_wire.find("3 s") !=
+        std::string_view::npos);
+}
+
+TEST_CASE("every known text points at an error or a cause that exists") {
+  std::set<std::string_view> sources;
+  for (const deadpeer::known_text& t : deadpeer::known_texts()) {
+    INFO(t.text);
+    sources.insert(t.source);
+    const auto r = deadpeer::lookup(t.text);
+    REQUIRE(r.has_value());
+    REQUIRE(r->text.has_value());
+    CHECK(r->text->text == t.text);
+    CHECK(r->cause == t.cause);
+    if (!t.error_name.empty()) CHECK(r->error.value().name == t.error_name);
+  }
+  for (const char* source : {"strerror", "java", ".net", "windows", "python", "go", "tcp state"})
+    CHECK(sources.count(source) == 1);
+}
+
+#ifdef __GLIBC__
+TEST_CASE("strerror of every Linux row finds that row") {
+  // The messages are glibc's: what a C, C++ or Python program on Linux prints.
+  for (const deadpeer::known_error& e : deadpeer::known_errors()) {
+    if (e.platform != "linux") continue;
+    const std::string message = std::strerror(e.number);
+    INFO(e.name << ": " << message);
+    const auto r = deadpeer::lookup(message);
+    REQUIRE(r.has_value());
+    REQUIRE(r->error.has_value());
+    CHECK(r->error->number == e.number);
+  }
+}
+#endif

@@ -404,7 +404,7 @@ TEST_CASE("engine: BYE, ERROR and EOF from the peer end the connection with thei
     established_server s;
     s.feed(wire::error{wire::error_code::server_full, "full"}, t0 + 1ms);
     REQUIRE(s.engine.ended());
-    CHECK(s.engine.end().cause == cause::protocol_error);
+    CHECK(s.engine.end().cause == cause::server_full);
     CHECK(s.engine.end().protocol_error == wire::error_code::server_full);
   }
   {

@@ -18,6 +18,9 @@
 // - ENOTCONN / ESHUTDOWN mean the application used a socket whose connection was already
 //   over: broken_pipe, detected by the application; the real cause was reported earlier.
 // - ECANCELED / EBADF are our own close or cancel (Asio: operation_aborted, bad_descriptor).
+// - Local conditions (EMFILE, ENOBUFS, EADDRINUSE, EADDRNOTAVAIL, EINVAL and other misuse)
+//   get causes of their own, detected by the application: the peer had no part in them,
+//   and lumping them into unknown would send the operator looking at the network.
 // - Anything unrecognised is unknown/application: it surfaced in the application's call and
 //   we do not pretend to know which layer produced it.
 //
@@ -26,8 +29,10 @@
 // standard library maps its native codes to errno conditions. Asio's end-of-file lives in
 // its own "asio.misc" category and is recognised by name, which also covers standalone Asio.
 //
-// The table of known errors describes Linux and Winsock as they print numbers, with literal
-// values, because it is used to explain log lines from either platform on any host.
+// The table of known errors describes Linux and Winsock as they print numbers. Linux rows
+// take their numbers from <cerrno> (deadpeer builds on Linux only); Winsock rows are
+// literal, since no header here defines them. Reading pasted text (messages, log lines,
+// TCP states) is cause_lookup.cpp's business.
 #include <deadpeer/cause.hpp>
 
 #include <array>
@@ -41,45 +46,110 @@ namespace {
 constexpr std::string_view linux_ = "linux";
 constexpr std::string_view winsock = "winsock";
 
+// A Linux row takes its number from the E* macro of <cerrno> and its name from the same
+// token, so the two cannot disagree and no number differs from the header's.
+#define DEADPEER_LINUX_ERRNO(name) name, #name, linux_
+
 constexpr auto errors = std::to_array<known_error>({
-    {4, "EINTR", linux_, cause::not_a_failure, "a signal interrupted a blocking call; retry it"},
-    {9, "EBADF", linux_, cause::local_close,
+    {DEADPEER_LINUX_ERRNO(EINTR), cause::not_a_failure,
+     "a signal interrupted a blocking call; retry it"},
+    {DEADPEER_LINUX_ERRNO(EBADF), cause::local_close,
      "the descriptor was already closed by us (Asio: bad_descriptor)"},
-    {11, "EAGAIN", linux_, cause::not_a_failure,
+    {DEADPEER_LINUX_ERRNO(EAGAIN), cause::not_a_failure,
      "a non-blocking call would block, or SO_RCVTIMEO/SO_SNDTIMEO expired"},
-    {11, "EWOULDBLOCK", linux_, cause::not_a_failure, "the same value as EAGAIN on Linux"},
-    {32, "EPIPE", linux_, cause::broken_pipe,
+    {DEADPEER_LINUX_ERRNO(EWOULDBLOCK), cause::not_a_failure, "the same value as EAGAIN on Linux"},
+    {DEADPEER_LINUX_ERRNO(EPIPE), cause::broken_pipe,
      "write after the connection was reset or shut down; SIGPIPE unless MSG_NOSIGNAL"},
-    {100, "ENETDOWN", linux_, cause::network_unreachable, "the local interface is down"},
-    {101, "ENETUNREACH", linux_, cause::network_unreachable,
+    {DEADPEER_LINUX_ERRNO(ENETDOWN), cause::network_unreachable, "the local interface is down"},
+    {DEADPEER_LINUX_ERRNO(ENETUNREACH), cause::network_unreachable,
      "no route: our own link is down, or a router said the network is unreachable"},
-    {102, "ENETRESET", linux_, cause::keepalive_timeout,
+    {DEADPEER_LINUX_ERRNO(ENETRESET), cause::keepalive_timeout,
      "Winsock meaning (10052): keepalive found the peer gone; Linux TCP does not normally report "
      "it"},
-    {103, "ECONNABORTED", linux_, cause::local_abort,
-     "our own stack dropped the connection (e.g. ss -K); ECONNRESET is the peer's RST"},
-    {104, "ECONNRESET", linux_, cause::peer_reset, "an RST arrived from the peer"},
-    {107, "ENOTCONN", linux_, cause::broken_pipe,
+    {DEADPEER_LINUX_ERRNO(ECONNABORTED), cause::local_abort,
+     "our own stack dropped the connection (e.g. ss -K); ECONNRESET is the peer's RST. Linux "
+     "accept() does not return it for a client that reset while queued: accept succeeds and "
+     "the first recv gets ECONNRESET"},
+    {DEADPEER_LINUX_ERRNO(ECONNRESET), cause::peer_reset, "an RST arrived from the peer"},
+    {DEADPEER_LINUX_ERRNO(ENOTCONN), cause::broken_pipe,
      "the socket is no longer (or not yet) connected; an earlier error holds the cause"},
-    {108, "ESHUTDOWN", linux_, cause::broken_pipe,
+    {DEADPEER_LINUX_ERRNO(ESHUTDOWN), cause::broken_pipe,
      "send after shutdown; Linux TCP reports EPIPE for this instead"},
-    {110, "ETIMEDOUT", linux_, cause::keepalive_timeout,
-     "keepalive, user timeout, retransmission or SYN timeout: classify() uses the context"},
-    {111, "ECONNREFUSED", linux_, cause::connection_refused,
+    {DEADPEER_LINUX_ERRNO(ETIMEDOUT), cause::keepalive_timeout,
+     "SYN retries while connecting, keepalive probes while idle, retransmissions or "
+     "TCP_USER_TIMEOUT while sending: which one depends on what the connection was doing"},
+    {DEADPEER_LINUX_ERRNO(ECONNREFUSED), cause::connection_refused,
      "our SYN was answered with RST: nothing listens on that port"},
-    {112, "EHOSTDOWN", linux_, cause::host_unreachable,
+    {DEADPEER_LINUX_ERRNO(EHOSTDOWN), cause::host_unreachable,
      "an ICMP \"destination host unknown\" came back; treated like EHOSTUNREACH"},
-    {113, "EHOSTUNREACH", linux_, cause::host_unreachable,
-     "ICMP host unreachable, or ARP/neighbour discovery for the next hop failed"},
-    {125, "ECANCELED", linux_, cause::local_close,
+    {DEADPEER_LINUX_ERRNO(EHOSTUNREACH), cause::host_unreachable,
+     "ICMP host unreachable (one round trip), or ARP/neighbour discovery for the next hop "
+     "failed, which takes about 3 s of unanswered requests"},
+    {DEADPEER_LINUX_ERRNO(ECANCELED), cause::local_close,
      "we cancelled the operation or closed the socket (Asio: operation_aborted)"},
+    {DEADPEER_LINUX_ERRNO(EINPROGRESS), cause::not_a_failure,
+     "not a failure: a non-blocking connect has started; wait until the socket is writable, "
+     "then read SO_ERROR for the outcome"},
+    {DEADPEER_LINUX_ERRNO(EALREADY), cause::not_a_failure,
+     "not a failure: connect() again while a non-blocking connect is still in progress"},
+    {DEADPEER_LINUX_ERRNO(EISCONN), cause::not_a_failure,
+     "connect() on a socket that is already connected: the earlier non-blocking connect "
+     "succeeded"},
+    {DEADPEER_LINUX_ERRNO(ENOBUFS), cause::resource_exhausted,
+     "the kernel could not allocate socket memory or a queue was full; a host limit, not the "
+     "peer"},
+    {DEADPEER_LINUX_ERRNO(ENOMEM), cause::resource_exhausted,
+     "the kernel is out of memory for this request (or tcp_mem is exhausted)"},
+    {DEADPEER_LINUX_ERRNO(EMFILE), cause::resource_exhausted,
+     "this process reached its descriptor limit (RLIMIT_NOFILE, ulimit -n); often a leak of "
+     "sockets never closed"},
+    {DEADPEER_LINUX_ERRNO(ENFILE), cause::resource_exhausted,
+     "the whole system reached its file limit (fs.file-max)"},
+    {DEADPEER_LINUX_ERRNO(EADDRINUSE), cause::address_in_use,
+     "bind(): the address and port are taken, by a listener or by connections still in "
+     "TIME_WAIT without SO_REUSEADDR"},
+    {DEADPEER_LINUX_ERRNO(EADDRNOTAVAIL), cause::address_unavailable,
+     "on connect: no free local port for this destination (ports exhausted, often by "
+     "TIME_WAIT); on bind: the address is not on this host"},
+    {DEADPEER_LINUX_ERRNO(EINVAL), cause::invalid_call,
+     "an argument was wrong for this socket or its state (bind twice, listen on a connected "
+     "socket, a bad option value)"},
+    {DEADPEER_LINUX_ERRNO(ENOPROTOOPT), cause::invalid_call,
+     "setsockopt/getsockopt with an option this kernel or socket type does not have"},
+    {DEADPEER_LINUX_ERRNO(EPROTOTYPE), cause::invalid_call,
+     "the socket type does not fit the call (e.g. a datagram socket connected to a stream one)"},
+    {DEADPEER_LINUX_ERRNO(EMSGSIZE), cause::invalid_call,
+     "a datagram larger than the socket or path allows; TCP never reports it"},
+    {DEADPEER_LINUX_ERRNO(EDESTADDRREQ), cause::invalid_call,
+     "send() on an unconnected datagram socket without a destination"},
+    {DEADPEER_LINUX_ERRNO(ENOTSOCK), cause::local_close,
+     "the descriptor is not a socket: used after close() and perhaps reused for a file"},
+    {DEADPEER_LINUX_ERRNO(ESOCKTNOSUPPORT), cause::invalid_call,
+     "socket(): the address family does not support this socket type"},
+    {DEADPEER_LINUX_ERRNO(EPROTONOSUPPORT), cause::invalid_call,
+     "socket(): the protocol does not exist for this family and type (e.g. UDP on a stream "
+     "socket)"},
     {995, "WSA_OPERATION_ABORTED", winsock, cause::local_close,
      "Win32 ERROR_OPERATION_ABORTED: Asio's operation_aborted on Windows"},
     {10004, "WSAEINTR", winsock, cause::not_a_failure, "a blocking call was interrupted; retry"},
+    {10022, "WSAEINVAL", winsock, cause::invalid_call,
+     "an invalid argument, or a call in the wrong state (e.g. accept before listen)"},
+    {10024, "WSAEMFILE", winsock, cause::resource_exhausted,
+     "too many open sockets for this process or the system"},
     {10035, "WSAEWOULDBLOCK", winsock, cause::not_a_failure,
-     "a non-blocking call would block; wait for readiness and retry"},
+     "a non-blocking call would block (a non-blocking connect reports this, not 10036); wait "
+     "for readiness and retry"},
+    {10036, "WSAEINPROGRESS", winsock, cause::not_a_failure,
+     "a blocking Winsock call is still running on this thread; not the non-blocking connect "
+     "case, which Windows reports as 10035"},
+    {10037, "WSAEALREADY", winsock, cause::not_a_failure,
+     "a non-blocking connect on this socket is still in progress"},
     {10038, "WSAENOTSOCK", winsock, cause::local_close,
      "the handle is no longer a socket: used after closesocket()"},
+    {10048, "WSAEADDRINUSE", winsock, cause::address_in_use,
+     "the address and port are taken (bind), or no ephemeral port is left for connect"},
+    {10049, "WSAEADDRNOTAVAIL", winsock, cause::address_unavailable,
+     "the address is not valid on this host (bind), or the destination is 0.0.0.0 (connect)"},
     {10050, "WSAENETDOWN", winsock, cause::network_unreachable,
      "the network subsystem or local interface is down"},
     {10051, "WSAENETUNREACH", winsock, cause::network_unreachable,
@@ -87,15 +157,22 @@ constexpr auto errors = std::to_array<known_error>({
     {10052, "WSAENETRESET", winsock, cause::keepalive_timeout,
      "keep-alive detected a failure while an operation was in progress"},
     {10053, "WSAECONNABORTED", winsock, cause::local_abort,
-     "our own stack gave up (e.g. retransmissions failed); not the peer's RST (10054)"},
+     "Windows dropped the connection itself, but usually in answer to the peer: a server that "
+     "replied and closed while the client was still sending sent FIN, then RST; Linux shows "
+     "the same exchange as EOF, then EPIPE or ECONNRESET"},
     {10054, "WSAECONNRESET", winsock, cause::peer_reset,
      "a bare RST arrived from the peer; compare 10053, where this host aborted"},
+    {10055, "WSAENOBUFS", winsock, cause::resource_exhausted,
+     "no buffer space: out of memory, or ephemeral ports exhausted on connect"},
+    {10056, "WSAEISCONN", winsock, cause::not_a_failure,
+     "connect on a socket that is already connected"},
     {10057, "WSAENOTCONN", winsock, cause::broken_pipe,
      "the socket is not connected (any more); an earlier error holds the cause"},
     {10058, "WSAESHUTDOWN", winsock, cause::broken_pipe,
      "send or receive after shutdown() in that direction"},
     {10060, "WSAETIMEDOUT", winsock, cause::keepalive_timeout,
-     "keepalive, retransmission or connect timeout: classify() uses the context"},
+     "connect, keepalive or retransmission timeout: which one depends on what the connection "
+     "was doing"},
     {10061, "WSAECONNREFUSED", winsock, cause::connection_refused,
      "our SYN was answered with RST: nothing listens on that port"},
     {10064, "WSAEHOSTDOWN", winsock, cause::host_unreachable,
@@ -103,6 +180,8 @@ constexpr auto errors = std::to_array<known_error>({
     {10065, "WSAEHOSTUNREACH", winsock, cause::host_unreachable,
      "no route to the host (ICMP host unreachable)"},
 });
+
+#undef DEADPEER_LINUX_ERRNO
 
 // Checks on the table, so that a typo in a number or a name fails the build.
 constexpr bool same_letters_ignoring_case(std::string_view a, std::string_view b) {
@@ -130,33 +209,6 @@ constexpr bool table_is_consistent() {
 }
 static_assert(table_is_consistent());
 
-constexpr int table_number(std::string_view name) {
-  for (const known_error& e : errors) {
-    if (e.name == name) return e.number;
-  }
-  return -1;
-}
-
-#ifdef __linux__
-static_assert(table_number("EINTR") == EINTR);
-static_assert(table_number("EBADF") == EBADF);
-static_assert(table_number("EAGAIN") == EAGAIN);
-static_assert(table_number("EWOULDBLOCK") == EWOULDBLOCK);
-static_assert(table_number("EPIPE") == EPIPE);
-static_assert(table_number("ENETDOWN") == ENETDOWN);
-static_assert(table_number("ENETUNREACH") == ENETUNREACH);
-static_assert(table_number("ENETRESET") == ENETRESET);
-static_assert(table_number("ECONNABORTED") == ECONNABORTED);
-static_assert(table_number("ECONNRESET") == ECONNRESET);
-static_assert(table_number("ENOTCONN") == ENOTCONN);
-static_assert(table_number("ESHUTDOWN") == ESHUTDOWN);
-static_assert(table_number("ETIMEDOUT") == ETIMEDOUT);
-static_assert(table_number("ECONNREFUSED") == ECONNREFUSED);
-static_assert(table_number("EHOSTDOWN") == EHOSTDOWN);
-static_assert(table_number("EHOSTUNREACH") == EHOSTUNREACH);
-static_assert(table_number("ECANCELED") == ECANCELED);
-#endif
-
 constexpr std::array all_causes{
     cause::peer_closed,
     cause::peer_reset,
@@ -177,6 +229,16 @@ constexpr std::array all_causes{
     cause::local_close,
     cause::not_a_failure,
     cause::unknown,
+    cause::auth_failed,
+    cause::too_many_pings,
+    cause::server_full,
+    cause::unsupported_version,
+    cause::invalid_client_id,
+    cause::internal_error,
+    cause::resource_exhausted,
+    cause::address_in_use,
+    cause::address_unavailable,
+    cause::invalid_call,
 };
 
 constexpr std::array all_detected_by{
@@ -193,7 +255,7 @@ constexpr bool lists_every_value_in_order(const std::array<Enum, N>& values) {
   }
   return true;
 }
-static_assert(lists_every_value_in_order(all_causes) && all_causes.back() == cause::unknown,
+static_assert(lists_every_value_in_order(all_causes) && all_causes.back() == cause::invalid_call,
               "all_causes must list every cause, in declaration order");
 static_assert(lists_every_value_in_order(all_detected_by) &&
                   all_detected_by.back() == detected_by::none,
@@ -266,36 +328,32 @@ classification classify_errno(int value, const connection_context& context) {
       return {cause::not_a_failure, detected_by::none};
     case ECANCELED:
     case EBADF:
+    case ENOTSOCK:
       return {cause::local_close, detected_by::application};
+    case EINPROGRESS:
+    case EALREADY:
+    case EISCONN:
+      return {cause::not_a_failure, detected_by::none};
+    case EMFILE:
+    case ENFILE:
+    case ENOBUFS:
+    case ENOMEM:
+      return {cause::resource_exhausted, detected_by::application};
+    case EADDRINUSE:
+      return {cause::address_in_use, detected_by::application};
+    case EADDRNOTAVAIL:
+      return {cause::address_unavailable, detected_by::application};
+    case EINVAL:
+    case ENOPROTOOPT:
+    case EPROTOTYPE:
+    case EMSGSIZE:
+    case EDESTADDRREQ:
+    case ESOCKTNOSUPPORT:
+    case EPROTONOSUPPORT:
+      return {cause::invalid_call, detected_by::application};
     default:
       return {cause::unknown, detected_by::application};
   }
-}
-
-bool is_space(char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
-}
-
-std::string_view trim(std::string_view text) {
-  while (!text.empty() && is_space(text.front()))
-    text.remove_prefix(1);
-  while (!text.empty() && is_space(text.back()))
-    text.remove_suffix(1);
-  return text;
-}
-
-// Digits only: no sign, no spaces inside, no suffix. Anything longer than the largest
-// known number cannot match, so it is refused before it could overflow.
-std::optional<int> parse_number(std::string_view text) {
-  if (text.empty()) return std::nullopt;
-  constexpr int too_large = 1'000'000;
-  int value = 0;
-  for (const char c : text) {
-    if (c < '0' || c > '9') return std::nullopt;
-    if (value >= too_large) return std::nullopt;
-    value = value * 10 + (c - '0');
-  }
-  return value;
 }
 
 }  // namespace
@@ -305,6 +363,51 @@ classification classify(std::error_code ec, const connection_context& context) {
   if (is_asio_eof(ec)) return {cause::peer_closed, detected_by::eof};
   if (const std::optional<int> value = errno_value(ec)) return classify_errno(*value, context);
   return {cause::unknown, detected_by::application};
+}
+
+std::span<const cause> known_causes() {
+  return all_causes;
+}
+
+std::string_view to_string(activity a) {
+  switch (a) {
+    case activity::connecting:
+      return "connecting";
+    case activity::idle:
+      return "idle";
+    case activity::sending:
+      return "sending";
+  }
+  return "invalid";
+}
+
+std::optional<activity> activity_from_string(std::string_view name) {
+  for (const activity a : {activity::connecting, activity::idle, activity::sending}) {
+    if (to_string(a) == name) return a;
+  }
+  return std::nullopt;
+}
+
+bool depends_on_activity(const known_error& e) {
+  return e.name == "ETIMEDOUT" || e.name == "WSAETIMEDOUT";
+}
+
+cause cause_while(const known_error& e, activity a) {
+  if (!depends_on_activity(e)) return e.cause;
+  connection_context context;
+  switch (a) {
+    case activity::connecting:
+      context.op = connection_context::operation::connecting;
+      break;
+    case activity::idle:
+      context.keepalive_armed = true;
+      break;
+    case activity::sending:
+      context.op = connection_context::operation::writing;
+      context.data_in_flight = true;
+      break;
+  }
+  return classify_timeout(context).cause;
 }
 
 std::string_view to_string(cause c) {
@@ -347,6 +450,26 @@ std::string_view to_string(cause c) {
       return "not_a_failure";
     case cause::unknown:
       return "unknown";
+    case cause::auth_failed:
+      return "auth_failed";
+    case cause::too_many_pings:
+      return "too_many_pings";
+    case cause::server_full:
+      return "server_full";
+    case cause::unsupported_version:
+      return "unsupported_version";
+    case cause::invalid_client_id:
+      return "invalid_client_id";
+    case cause::internal_error:
+      return "internal_error";
+    case cause::resource_exhausted:
+      return "resource_exhausted";
+    case cause::address_in_use:
+      return "address_in_use";
+    case cause::address_unavailable:
+      return "address_unavailable";
+    case cause::invalid_call:
+      return "invalid_call";
   }
   return "invalid";  // a value outside the enumeration: a bug, but never a crash
 }
@@ -429,19 +552,25 @@ const cause_explanation& explain(cause c) {
     }
     case cause::local_abort: {
       static constexpr cause_explanation e{
-          "Our own TCP stack tore the connection down and reported ECONNABORTED (Winsock "
-          "10053, WSAECONNABORTED), normally sending an RST to the peer as it did so. The "
-          "difference from 10054 (ECONNRESET): there a bare RST arrived from the peer, here "
-          "the decision was taken on this host.",
-          "On Windows, 10053 mostly follows data that was retransmitted until the stack gave "
-          "up, or a FIN-then-RST exchange after which the local side abandoned the "
-          "connection; local firewalls and security software that kill connections show up "
-          "the same way. On Linux a read or write gets it when the socket was destroyed "
-          "administratively (ss -K, SOCK_DESTROY).",
-          "Look at this host first: its firewall, security software, or whoever ran ss -K. If "
-          "it follows a quiet period with data outstanding, treat it as a retransmission "
-          "timeout and check the path to the peer. From accept() it only means a client gave "
-          "up while queued in the backlog: accept again."};
+          "This host's TCP stack tore the connection down and reported ECONNABORTED (Winsock "
+          "10053, WSAECONNABORTED), normally sending an RST as it did so; 10054 "
+          "(ECONNRESET) is the bare RST of the peer instead. On Windows, 10053 is mostly the "
+          "end of an exchange the peer started: a server that answered an error and closed "
+          "while the client was still sending sent its FIN, its kernel then answered the "
+          "client's further data with RST, and Windows reported the abort to the client. "
+          "Linux shows that same exchange as EOF on read, then EPIPE or ECONNRESET on write.",
+          "On Windows: a server that rejected a request (HTTP 413, 401, an error frame) and "
+          "closed without draining the body; data retransmitted until the stack gave up; "
+          "local firewalls or security software killing connections. On Linux a read or "
+          "write gets ECONNABORTED only when the socket was destroyed administratively (ss -K, "
+          "SOCK_DESTROY). Linux accept() does not report it for a client that reset while "
+          "queued: accept returns that connection and the first recv gets ECONNRESET.",
+          "Before blaming this host, read what the peer sent last: an error reply that arrived "
+          "before the abort is the real answer, and the client should read it instead of "
+          "treating the failed write as final. If nothing came back and data was outstanding, "
+          "treat it as a retransmission timeout and check the path; otherwise look at local "
+          "firewall and security software. Code written for BSD or Windows that retries "
+          "accept() on ECONNABORTED is harmless on Linux."};
       return e;
     }
     case cause::keepalive_timeout: {
@@ -500,16 +629,18 @@ const cause_explanation& explain(cause c) {
     case cause::connect_timeout: {
       static constexpr cause_explanation e{
           "Our SYN was never answered, neither by a SYN-ACK nor by an RST, so the kernel "
-          "resent it at doubling intervals (1 s, 2 s, 4 s, ...) until tcp_syn_retries "
-          "(default 6, about 127 s in total) or TCP_USER_TIMEOUT ran out, and connect() "
-          "failed with ETIMEDOUT.",
+          "resent it until tcp_syn_retries (default 6) or TCP_USER_TIMEOUT ran out, and "
+          "connect() failed with ETIMEDOUT (Winsock 10060). Classic kernels double the wait "
+          "each time (1 s, 2 s, 4 s, ... about 127 s in all); newer ones first resend "
+          "tcp_syn_linear_timeouts times (default 4) 1 s apart and only then double, so the "
+          "first retries come sooner and the whole budget is shorter.",
           "The server host is down or unreachable and nothing sends ICMP back, a firewall "
           "silently drops the SYN, the address is wrong, or the server's accept queue is full "
           "(Linux drops SYNs then instead of refusing them).",
-          "Give connect an explicit deadline in the application instead of waiting two "
-          "minutes, and retry with back-off and jitter. Check reachability and firewall rules "
-          "on the path; on the server, a growing TcpExtListenOverflows (nstat) means the "
-          "backlog is full."};
+          "Give connect an explicit deadline in the application instead of relying on the "
+          "kernel's budget, and retry with back-off and jitter. Check reachability and "
+          "firewall rules on the path; on the server, a growing TcpExtListenOverflows (nstat) "
+          "means the backlog is full."};
       return e;
     }
     case cause::broken_pipe: {
@@ -534,9 +665,11 @@ const cause_explanation& explain(cause c) {
           "An ICMP host-unreachable came back for our segments, or our own kernel could not "
           "resolve the next hop's link-layer address (ARP or neighbour discovery failed): "
           "EHOSTUNREACH (Winsock 10065), or EHOSTDOWN (10064) for an ICMP host-unknown. A "
-          "connect() fails with it at once; on an established Linux connection it is held as "
-          "a soft error and reported in place of ETIMEDOUT when the retransmission or user "
-          "timeout ends the connection.",
+          "router's ICMP makes connect() fail after one round trip, but an unanswered ARP "
+          "takes seconds: Linux sends mcast_solicit (3) requests retrans_time_ms (1 s) apart "
+          "before giving up, so connect() fails after about 3 s. On an established Linux "
+          "connection it is held as a soft error and reported in place of ETIMEDOUT when the "
+          "retransmission or user timeout ends the connection.",
           "The peer host is off or its link is down on a directly attached network (no ARP "
           "reply), a router reports the host unreachable, or a firewall rejects with an ICMP "
           "host-unreachable or admin-prohibited message.",
@@ -665,14 +798,143 @@ const cause_explanation& explain(cause c) {
           "liveness check, treat its EAGAIN as your own timeout, not as a network error."};
       return e;
     }
+    case cause::auth_failed: {
+      static constexpr cause_explanation e{
+          "TCP connected and the client sent HELLO, but its auth token was missing or did not "
+          "match, so the server answered ERROR auth_failed (code 7) and closed gracefully. "
+          "The server checks the token after the version and the client id, before capacity.",
+          "A client deployed without its token or with an old one after a rotation, a token "
+          "given to the wrong environment, or a client that was never meant to connect.",
+          "Compare the client's token with the server's (--auth-token-file); rotate "
+          "tokens by letting the server accept the new one before clients switch. Many "
+          "refusals from one address are worth a look: something is guessing."};
+      return e;
+    }
+    case cause::too_many_pings: {
+      static constexpr cause_explanation e{
+          "The server counted a strike for each PING that arrived less than half the agreed "
+          "interval after the previous one; at the fifth strike in a row it sent ERROR "
+          "too_many_pings (code 8) instead of a PONG and closed gracefully.",
+          "A client that ignores WELCOME's interval and pings at its own, shorter one, a "
+          "client that pings on every send or in a tight loop after a bug, or several "
+          "heartbeat timers started for one connection.",
+          "Make the client use the interval_ms from WELCOME, not the one it asked for, and "
+          "keep one heartbeat timer per connection. If the client really needs faster "
+          "detection, lower the server's --interval-min instead of pinging around it."};
+      return e;
+    }
+    case cause::server_full: {
+      static constexpr cause_explanation e{
+          "The server refused the connection with ERROR server_full (code 9) and closed: its "
+          "total connection limit or its limit per IP address was reached, or it had no "
+          "descriptors left for the newcomer (then before reading HELLO at all). A HELLO "
+          "that replaces a live session with the same client id is not refused for the total.",
+          "More clients than the server is configured for, many clients behind one NAT "
+          "address hitting --max-per-ip, a reconnect storm after an outage, or ghost "
+          "connections of dead clients still holding places.",
+          "Retry later with back-off and jitter, as the code asks. On the server, compare "
+          "--max-connections and --max-per-ip with the real load, raise the descriptor limit, "
+          "and shorten dead-peer detection so ghosts give their places back sooner."};
+      return e;
+    }
+    case cause::unsupported_version: {
+      static constexpr cause_explanation e{
+          "The HELLO carried a magic or protocol version the server does not speak, or the "
+          "WELCOME a version the client does not speak, so that side sent ERROR "
+          "unsupported_version (code 3) and closed. Its text says which versions it speaks.",
+          "A client and a server from different releases, or another protocol's bytes "
+          "arriving where deadpeer's HELLO was expected.",
+          "Read the ERROR text for the versions on offer, then upgrade the older side; keep "
+          "servers able to speak the previous version while clients are rolled forward."};
+      return e;
+    }
+    case cause::invalid_client_id: {
+      static constexpr cause_explanation e{
+          "The HELLO's client id was empty, longer than 64 bytes or not valid UTF-8, so the "
+          "server answered ERROR invalid_client_id (code 6) and closed.",
+          "A client built with an empty or generated id that grew too long, or an id taken "
+          "from a host name or a path that is not UTF-8.",
+          "Give every client a stable, unique id of 1 to 64 bytes of UTF-8; reusing the same "
+          "id on reconnect is what lets the server replace a ghost session at once."};
+      return e;
+    }
+    case cause::internal_error: {
+      static constexpr cause_explanation e{
+          "The side that sent ERROR internal_error (code 11) failed on its own, for example "
+          "an exception in its handler, and closed gracefully; the connection and the other "
+          "side did nothing wrong.",
+          "A bug or a resource problem in the application code that handles connections, "
+          "such as a callback that threw.",
+          "Look at the log of the side that sent it: deadpeer logs the exception there. The "
+          "other side may reconnect; it is not at fault."};
+      return e;
+    }
+    case cause::resource_exhausted: {
+      static constexpr cause_explanation e{
+          "Nothing reached the wire: this host refused to create or grow a socket because a "
+          "local limit was reached. EMFILE (Winsock 10024) is the process's descriptor limit "
+          "(RLIMIT_NOFILE), ENFILE the system's (fs.file-max), ENOBUFS (10055) and ENOMEM "
+          "socket memory or a full queue.",
+          "A descriptor leak (connections or files never closed, sockets piling up in "
+          "CLOSE_WAIT), a limit of 1024 left at its default on a busy server, or memory "
+          "pressure. It is a limit of this host, not a problem of the peer.",
+          "Count the process's descriptors (ls /proc/PID/fd | wc -l) against ulimit -n, and "
+          "look for CLOSE_WAIT sockets that reveal a leak. Raise RLIMIT_NOFILE where the load "
+          "is real, and keep a few descriptors in reserve so a full server can still refuse "
+          "newcomers politely."};
+      return e;
+    }
+    case cause::address_in_use: {
+      static constexpr cause_explanation e{
+          "bind() found the local address and port already taken (EADDRINUSE, Winsock "
+          "10048): a socket listens there, or connections that ended are still in TIME_WAIT "
+          "on that port. connect() reports it when an explicitly bound local port already "
+          "has a connection to the same destination.",
+          "A second instance of the server, a previous one still shutting down, or a restart "
+          "within a minute of the old process's connections closing, when the new listener "
+          "does not set SO_REUSEADDR.",
+          "Find the holder (ss -ltnp sport = :PORT). Servers should set SO_REUSEADDR before "
+          "bind so that TIME_WAIT connections do not block a restart; do not bind client "
+          "sockets to fixed ports."};
+      return e;
+    }
+    case cause::address_unavailable: {
+      static constexpr cause_explanation e{
+          "On connect, the kernel found no free local port for this destination "
+          "(EADDRNOTAVAIL; Windows reports 10048 or 10055 there): every port of "
+          "ip_local_port_range already has a connection to it, usually most of them in "
+          "TIME_WAIT after short-lived connections. On bind, the address is not one of this "
+          "host's (10049).",
+          "A client opening and closing many short connections to one server address, so "
+          "the closed ones pile up in TIME_WAIT for 60 s each; a proxy or load test without "
+          "connection reuse; a server configured to bind an address the host no longer has.",
+          "Reuse connections (keep-alive pools) instead of opening one per request, widen "
+          "net.ipv4.ip_local_port_range, and let the server close first so TIME_WAIT lands "
+          "there. For bind, check the address with ip addr."};
+      return e;
+    }
+    case cause::invalid_call: {
+      static constexpr cause_explanation e{
+          "The call itself was refused before anything was sent: an argument or option did "
+          "not fit the socket or its state (EINVAL, Winsock 10022), the option does not "
+          "exist here (ENOPROTOOPT), or the family, type and protocol do not go together "
+          "(EPROTONOSUPPORT, ESOCKTNOSUPPORT, EPROTOTYPE).",
+          "A bug in the calling code, such as binding a socket twice or listening on a "
+          "connected one, or a socket option this kernel does not have (TCP_USER_TIMEOUT "
+          "before Linux 2.6.37, TCP_KEEPIDLE on a non-TCP socket), or a value out of range.",
+          "Fix the call: check the order of socket, setsockopt, bind, listen and connect, and "
+          "the option values against the kernel's limits. A network problem cannot cause "
+          "these errors."};
+      return e;
+    }
     case cause::unknown:
       break;
   }
   static constexpr cause_explanation fallback{
       "The error is not one deadpeer can tie to a specific TCP event, so nothing is claimed "
       "about what happened on the wire.",
-      "Resource exhaustion (ENOBUFS, ENOMEM, EMFILE), name resolution or TLS failures, or "
-      "codes from other libraries and platforms.",
+      "Name resolution or TLS failures, errors of other libraries and platforms, or a "
+      "socket error deadpeer's table does not list yet.",
       "Log the full error (category, number and message) with the connection's context; if "
       "it recurs, add it to deadpeer's table with the cause it turns out to have."};
   return fallback;
@@ -680,24 +942,6 @@ const cause_explanation& explain(cause c) {
 
 std::span<const known_error> known_errors() {
   return errors;
-}
-
-std::optional<lookup_result> lookup(std::string_view text) {
-  text = trim(text);
-  if (text.empty()) return std::nullopt;
-  if (const std::optional<int> number = parse_number(text)) {
-    for (const known_error& e : errors) {
-      if (e.number == *number) return lookup_result{e, e.cause};
-    }
-    return std::nullopt;
-  }
-  for (const known_error& e : errors) {
-    if (same_letters_ignoring_case(e.name, text)) return lookup_result{e, e.cause};
-  }
-  for (const cause c : all_causes) {
-    if (same_letters_ignoring_case(to_string(c), text)) return lookup_result{std::nullopt, c};
-  }
-  return std::nullopt;
 }
 
 std::string_view linux_errno_name(int number) {

@@ -15,10 +15,32 @@ using std::chrono::milliseconds;
 using std::chrono::nanoseconds;
 using time_point = protocol_engine::time_point;
 
-// The cause recorded when an ERROR frame ends the session (sent or received).
+// The cause recorded when an ERROR frame ends the session (sent or received). Codes for
+// bytes that break the protocol are protocol_error; refusals and local conditions (§7.1,
+// codes 3 and 6-11) name themselves, so an operator sees `server_full`, not a bad frame.
 deadpeer::cause cause_for(wire::error_code code) {
-  return code == wire::error_code::handshake_timeout ? cause::handshake_timeout
-                                                     : cause::protocol_error;
+  switch (code) {
+    case wire::error_code::unsupported_version:
+      return cause::unsupported_version;
+    case wire::error_code::invalid_client_id:
+      return cause::invalid_client_id;
+    case wire::error_code::auth_failed:
+      return cause::auth_failed;
+    case wire::error_code::too_many_pings:
+      return cause::too_many_pings;
+    case wire::error_code::server_full:
+      return cause::server_full;
+    case wire::error_code::handshake_timeout:
+      return cause::handshake_timeout;
+    case wire::error_code::internal_error:
+      return cause::internal_error;
+    case wire::error_code::malformed_frame:
+    case wire::error_code::frame_too_large:
+    case wire::error_code::unknown_frame_type:
+    case wire::error_code::unexpected_frame:
+      break;
+  }
+  return cause::protocol_error;
 }
 
 // ERROR text is limited to 255 bytes of UTF-8 (§4.7): cut at a character boundary.
@@ -258,6 +280,8 @@ void protocol_engine::reject(wire::error_code code, std::string text, deadpeer::
                              deadpeer::detected_by by, time_point now, engine_output& out) {
   if (end_) return;
   emit(wire::error{code, clip_error_text(std::move(text))}, now, out.ordered);
+  // A caller that passed the generic protocol_error for a refusal gets the specific cause.
+  if (why == cause::protocol_error) why = cause_for(code);
   decide(why, by, send_closed_ ? close_mode::plain : close_mode::graceful, now);
   end_->protocol_error = code;
 }

@@ -288,7 +288,7 @@ void session::end_by_exception(const char* what) {
   if (phase_ == phase::running) {
     try {
       engine_.reject(wire::error_code::internal_error, std::string("internal error: ") + what,
-                     cause::protocol_error, detected_by::application, steady_clock::now(), output_);
+                     cause::internal_error, detected_by::application, steady_clock::now(), output_);
       proceed();
       return;
     } catch (...) {

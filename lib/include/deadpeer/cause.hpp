@@ -3,7 +3,14 @@
 // depends on what the connection was doing. The classifier takes the code plus that
 // context and names one cause; each cause carries an explanation written for the
 // operator who has to act on it. Error numbers are accepted in Linux errno and Winsock
-// form, by number or by name, so a log line from either platform can be explained.
+// form, by number or by name, and so are the messages programs print for them (strerror,
+// Java, .NET, Python, Go) and TCP state names, so a log line from either platform can be
+// explained as it was pasted.
+//
+// Causes are stored by name in SQLite: a cause is never renamed or removed, new ones are
+// appended. deadpeer's own protocol refusals (ERROR codes that are policy, not broken
+// bytes) are causes of their own, so /events and stored results say `server_full`
+// rather than a generic protocol_error.
 #pragma once
 
 #include <optional>
@@ -34,6 +41,17 @@ enum class cause {
   local_close,             ///< we closed it on purpose (shutdown, operator request)
   not_a_failure,           ///< EAGAIN / EWOULDBLOCK / EINTR: retry, the connection is fine
   unknown,                 ///< an error deadpeer has no specific knowledge of
+  // Appended: stored names of the values above never change.
+  auth_failed,          ///< ERROR auth_failed: the server refused the client's token
+  too_many_pings,       ///< ERROR too_many_pings: the client pinged faster than agreed
+  server_full,          ///< ERROR server_full: the server's connection limit was reached
+  unsupported_version,  ///< ERROR unsupported_version: the two sides speak no common version
+  invalid_client_id,    ///< ERROR invalid_client_id: HELLO's client id was refused
+  internal_error,       ///< ERROR internal_error: the side that sent it failed
+  resource_exhausted,   ///< EMFILE / ENFILE / ENOBUFS: a local limit, not the peer
+  address_in_use,       ///< EADDRINUSE: the local address and port are taken
+  address_unavailable,  ///< EADDRNOTAVAIL: no usable local address or port (ports exhausted)
+  invalid_call,         ///< EINVAL, ENOPROTOOPT, EPROTONOSUPPORT, ...: the call itself was wrong
 };
 
 /// The layer that noticed the end first (stored as `detected_by`).
@@ -88,6 +106,9 @@ struct known_error {
 /// knows better (connect or handshake timeout) and records that cause itself.
 classification classify(std::error_code ec, const connection_context& context);
 
+/// Every cause, in declaration order.
+std::span<const cause> known_causes();
+
 /// Stable snake_case name, as stored in the database ("peer_reset").
 std::string_view to_string(cause c);
 std::string_view to_string(detected_by d);
@@ -105,13 +126,49 @@ std::string_view linux_errno_name(int number);
 /// All error numbers deadpeer knows, Linux and Winsock.
 std::span<const known_error> known_errors();
 
-/// Looks up user input as printed in a log: a number ("104", "10053"), an errno or
-/// Winsock name ("ECONNRESET", "WSAECONNABORTED", case-insensitive), or a cause name
-/// ("heartbeat_timeout"). Linux errno numbers (< 200) and Windows numbers (995 and
-/// >= 10000) do not overlap, so the answer is unique. nullopt when nothing matches.
+/// A text that programs print for a failure or a connection's state, as it appears in logs.
+struct known_text {
+  std::string_view text;        ///< "Connection reset by peer", "SYN_SENT", ...
+  std::string_view source;      ///< who prints it: "strerror", "java", ".net", "python", ...
+  std::string_view error_name;  ///< the known_errors() name it stands for; empty if none
+  deadpeer::cause cause;        ///< the cause (the error's, when error_name is set)
+  std::string_view note;        ///< what this text says beyond its error, may be empty
+  bool is_tcp_state = false;    ///< a TCP state name (as ss or netstat print it)
+};
+
+/// All messages and TCP state names deadpeer recognises.
+std::span<const known_text> known_texts();
+
+/// What a connection was doing when an error surfaced, as a person reading a log can tell.
+enum class activity { connecting, idle, sending };
+std::string_view to_string(activity a);
+/// "connecting", "idle" or "sending"; nullopt otherwise.
+std::optional<activity> activity_from_string(std::string_view name);
+
+/// Whether the cause of `e` depends on what the connection was doing (ETIMEDOUT does).
+bool depends_on_activity(const known_error& e);
+
+/// The cause of `e` on a connection that was doing `a`, by classify()'s rules: ETIMEDOUT
+/// while connecting is connect_timeout, while idle keepalive_timeout (the only timer that
+/// runs on an idle connection with keepalive), while sending retransmission_timeout (or
+/// user_timeout where TCP_USER_TIMEOUT was set). Other errors keep their cause.
+deadpeer::cause cause_while(const known_error& e, activity a);
+
+/// Looks up user input as it was printed or pasted:
+/// - a number ("104", "10053") or a Winsock number in hex ("0x2746", HRESULT "0x80072746");
+/// - an errno or Winsock name ("ECONNRESET", "WSAECONNABORTED"), a cause name
+///   ("heartbeat_timeout") or a TCP state ("CLOSE_WAIT", "FIN-WAIT-1"), ignoring case;
+/// - a message or a whole log line that contains one ("java.net.SocketException:
+///   Connection reset", "[Errno 104] Connection reset by peer", "read: connection reset
+///   by peer"), ignoring case; an error name or "errno N" inside the line also counts.
+///   When several known texts occur, the longest match wins.
+/// Linux errno numbers (< 200) and Windows numbers (995 and >= 10000) do not overlap, so
+/// the answer is unique. nullopt when nothing matches.
 struct lookup_result {
-  std::optional<known_error> error;  ///< set when the input named an error number
+  std::optional<known_error> error;  ///< set when the input named or implied an error number
   deadpeer::cause cause;
+  std::optional<known_text> text;  ///< set when a message or state name matched
+  std::string_view matched;        ///< the part of the input that decided it (a view into it)
 };
 std::optional<lookup_result> lookup(std::string_view text);
 
