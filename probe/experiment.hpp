@@ -88,6 +88,7 @@ struct trial_result {
   std::string note;
   std::int64_t wire_mono_ns = 0;  ///< the detecting side's FIN/RST on the wire; 0: none seen
   std::string wire_segment;       ///< "FIN", "RST", "none", or "" when the wire was not observed
+  std::string details;  ///< the fault's own figures, a JSON object ("" for none)
 
   void add_note(const std::string& text) { note += (note.empty() ? "" : "; ") + text; }
 };

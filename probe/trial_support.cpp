@@ -205,6 +205,7 @@ void store_trial(deadpeer::event_store& store, const experiment_config& config, 
   t.note = r.note;
   t.wire_mono_ns = r.wire_mono_ns;
   t.wire_segment = r.wire_segment;
+  t.details = r.details;
   store.record(std::move(t));
 }
 

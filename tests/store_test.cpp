@@ -209,7 +209,7 @@ TEST_CASE("a new file gets the current schema in WAL mode") {
 
   raw_db db(path);
   CHECK(db.integer("PRAGMA user_version") == deadpeer::store_schema_version);
-  CHECK(db.integer("PRAGMA user_version") == 2);
+  CHECK(db.integer("PRAGMA user_version") == 3);
   CHECK(db.text("PRAGMA journal_mode") == "wal");
   CHECK(db.rows("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name") ==
         std::vector<std::vector<std::string>>{{"connections"}, {"runs"}, {"trials"}});
@@ -267,7 +267,7 @@ TEST_CASE("a new file gets the current schema in WAL mode") {
                                                                "error_number",
                                                                "error_name",
                                                                "outcome",
-                                                               "note", "wire_mono_ns", "wire_segment"});
+                                                               "note", "wire_mono_ns", "wire_segment", "details"});
   CHECK(store.written() == 0);
   CHECK(store.queued() == 0);
   CHECK_FALSE(store.last_error());
@@ -480,7 +480,40 @@ TEST_CASE("reopening an existing file keeps its rows, and the destructor flushes
   }
   CHECK(count_rows(path) == 15);
   raw_db db(path);
-  CHECK(db.integer("PRAGMA user_version") == 2);
+  CHECK(db.integer("PRAGMA user_version") == 3);
+}
+
+TEST_CASE("a schema 2 file is upgraded in place: its trials kept, new outcomes and details allowed") {
+  temp_dir dir;
+  const auto path = dir.file("v2.db");
+  {
+    // What a schema 2 build left: its trials table (the other tables are unchanged since).
+    event_store store(options_for(path));
+    const auto run_id = store.begin_run(make_run());
+    store.record(make_trial(run_id, 1));
+    store.flush();
+  }
+  {
+    raw_db db(path);
+    db.exec("ALTER TABLE trials DROP COLUMN details");
+    db.exec("PRAGMA user_version = 2");
+    CHECK(column_names(db, "trials").back() == "wire_segment");
+  }
+  {
+    event_store store(options_for(path));
+    auto t = make_trial(1, 2);
+    t.outcome = "survived";
+    t.details = R"({"verdicts":0})";
+    store.record(t);
+    t.outcome = "observed";
+    t.details.clear();
+    store.record(t);
+  }
+  raw_db db(path);
+  CHECK(db.integer("PRAGMA user_version") == 3);
+  CHECK(db.rows("SELECT outcome, details FROM trials ORDER BY id") ==
+        std::vector<std::vector<std::string>>{
+            {"detected", "{}"}, {"survived", R"({"verdicts":0})"}, {"observed", "{}"}});
 }
 
 TEST_CASE("a file that is not a database is refused, naming the file") {
@@ -507,7 +540,7 @@ TEST_CASE("a file from a newer schema is refused") {
   const auto message = open_error(path);
   CHECK_THAT(message, Catch::Contains(path));
   CHECK_THAT(message, Catch::Contains("newer"));
-  CHECK_THAT(message, Catch::Contains("schema 99, this build knows 2"));
+  CHECK_THAT(message, Catch::Contains("schema 99, this build knows 3"));
   raw_db db(path);
   CHECK(db.integer("PRAGMA user_version") == 99);  // left untouched
 }
@@ -545,7 +578,7 @@ PRAGMA user_version = 1;
     store.record(std::move(t));
   }
   raw_db db(path);
-  CHECK(db.integer("PRAGMA user_version") == 2);
+  CHECK(db.integer("PRAGMA user_version") == deadpeer::store_schema_version);
   CHECK(db.rows("SELECT id, note, wire_mono_ns, wire_segment FROM trials ORDER BY id") ==
         std::vector<std::vector<std::string>>{{"7", "old row", "0", ""},
                                               {"8", make_trial(1, 2).note, "12345", "FIN"}});

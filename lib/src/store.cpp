@@ -177,6 +177,51 @@ CREATE INDEX trials_config_key_fault ON trials(config_key, fault);
 )sql";
 
 
+// Version 3: faults that measure something other than a detection store it too. A trial
+// in which a live peer was never declared dead (lossy, stall) is 'survived'; one that
+// records what a client saw (early-reject) is 'observed'; `details` holds each fault's own
+// figures as a JSON object. The CHECK changes, so the table is copied once more.
+constexpr const char* migrate_v2_to_v3 = R"sql(
+CREATE TABLE trials_v3 (
+  id                    INTEGER PRIMARY KEY,
+  run_id                INTEGER NOT NULL REFERENCES runs(id),
+  trial                 INTEGER NOT NULL,
+  fault                 TEXT    NOT NULL,
+  config_key            TEXT    NOT NULL,
+  keepalive             TEXT    NOT NULL,
+  heartbeat_interval_ms INTEGER NOT NULL,
+  detector              TEXT    NOT NULL,
+  user_timeout_ms       INTEGER NOT NULL,
+  bound_ms              INTEGER NOT NULL,
+  fault_mono_ns         INTEGER NOT NULL,
+  detected_mono_ns      INTEGER NOT NULL,
+  latency_ms            INTEGER NOT NULL,
+  latency_ms_exact      REAL,
+  detected_by           TEXT    NOT NULL,
+  cause                 TEXT    NOT NULL,
+  error_number          INTEGER NOT NULL,
+  error_name            TEXT    NOT NULL,
+  outcome               TEXT    NOT NULL CHECK(outcome IN
+                          ('detected','missed','premature','interrupted','survived','observed')),
+  note                  TEXT    NOT NULL,
+  wire_mono_ns          INTEGER NOT NULL DEFAULT 0,
+  wire_segment          TEXT    NOT NULL DEFAULT '',
+  details               TEXT    NOT NULL DEFAULT '{}'
+);
+INSERT INTO trials_v3 (id, run_id, trial, fault, config_key, keepalive, heartbeat_interval_ms,
+  detector, user_timeout_ms, bound_ms, fault_mono_ns, detected_mono_ns, latency_ms,
+  latency_ms_exact, detected_by, cause, error_number, error_name, outcome, note, wire_mono_ns,
+  wire_segment)
+SELECT id, run_id, trial, fault, config_key, keepalive, heartbeat_interval_ms, detector,
+  user_timeout_ms, bound_ms, fault_mono_ns, detected_mono_ns, latency_ms, latency_ms_exact,
+  detected_by, cause, error_number, error_name, outcome, note, wire_mono_ns, wire_segment
+  FROM trials;
+DROP TABLE trials;
+ALTER TABLE trials_v3 RENAME TO trials;
+CREATE INDEX trials_run_id ON trials(run_id);
+CREATE INDEX trials_config_key_fault ON trials(config_key, fault);
+)sql";
+
 constexpr const char* insert_connection_sql =
     "INSERT INTO connections (session_id, client_id, peer_address, opened_mono_ns, "
     "ended_mono_ns, last_heard_mono_ns, opened_unix_ms, ended_unix_ms, ended_at, cause, "
@@ -189,8 +234,11 @@ constexpr const char* insert_trial_sql =
     "INSERT INTO trials (run_id, trial, fault, config_key, keepalive, heartbeat_interval_ms, "
     "detector, user_timeout_ms, bound_ms, fault_mono_ns, detected_mono_ns, latency_ms, "
     "latency_ms_exact, detected_by, cause, error_number, error_name, outcome, note, "
-    "wire_mono_ns, wire_segment) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-    "?, ?)";
+    "wire_mono_ns, wire_segment, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?, ?, ?, ?, ?)";
+
+// Bound by reference (SQLITE_STATIC) like every string here, so it must outlive the step.
+const std::string no_details = "{}";
 
 constexpr const char* insert_run_sql =
     "INSERT INTO runs (started_unix_ms, started_at, version, host, command, config_json) "
@@ -273,7 +321,7 @@ int bind(sqlite3_stmt* s, const trial_record& r) {
   binder b(s);
   b(r.run_id)(r.trial)(r.fault)(r.config_key)(r.keepalive)(r.heartbeat_interval_ms)(r.detector)(
       r.user_timeout_ms)(r.bound_ms)(r.fault_mono_ns)(r.detected_mono_ns)(r.latency_ms)(
-      r.latency_ms_exact)(r.detected_by)(r.cause)(r.error_number)(r.error_name)(r.outcome)(r.note)(r.wire_mono_ns)(r.wire_segment);
+      r.latency_ms_exact)(r.detected_by)(r.cause)(r.error_number)(r.error_name)(r.outcome)(r.note)(r.wire_mono_ns)(r.wire_segment)(r.details.empty() ? no_details : r.details);
   return b.result();
 }
 
@@ -412,6 +460,10 @@ struct event_store::impl {
       if (version < 2) {
         exec(migrate_v1_to_v2, "cannot upgrade the trials table (schema 2) of");
         exec("PRAGMA user_version=2", "cannot set the schema version of");
+      }
+      if (version < 3) {
+        exec(migrate_v2_to_v3, "cannot upgrade the trials table (schema 3) of");
+        exec("PRAGMA user_version=3", "cannot set the schema version of");
       }
       exec("COMMIT", "cannot commit the schema of");
     } catch (...) {
@@ -616,9 +668,12 @@ namespace {
 
 void validate(const trial_record& r) {
   if (r.outcome != "detected" && r.outcome != "missed" && r.outcome != "premature" &&
-      r.outcome != "interrupted")
-    throw std::invalid_argument("trial outcome must be detected, missed, premature or interrupted, not \"" +
-                                r.outcome + "\"");
+      r.outcome != "interrupted" && r.outcome != "survived" && r.outcome != "observed")
+    throw std::invalid_argument(
+        "trial outcome must be detected, missed, premature, interrupted, survived or observed, "
+        "not \"" + r.outcome + "\"");
+  if (!r.details.empty() && r.details.front() != '{')
+    throw std::invalid_argument("trial details must be a JSON object, not \"" + r.details + "\"");
   if (r.run_id <= 0)
     throw std::invalid_argument("trial run_id must be an id returned by begin_run(), not " +
                                 std::to_string(r.run_id));

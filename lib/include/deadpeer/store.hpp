@@ -22,7 +22,7 @@ class store_error : public std::runtime_error {
 };
 
 /// Schema version kept in PRAGMA user_version.
-inline constexpr int store_schema_version = 2;
+inline constexpr int store_schema_version = 3;
 
 /// Round-trip times seen on one connection, in milliseconds.
 struct rtt_summary {
@@ -86,12 +86,18 @@ struct trial_record {
   std::string cause;
   int error_number = 0;
   std::string error_name;
-  std::string outcome;  ///< "detected", "missed", "premature" or "interrupted"
-  std::string note;     ///< free text: why missed, what was observed
+  /// "detected", "missed", "premature", "interrupted", "survived" (a live peer never
+  /// declared dead through the whole trial) or "observed" (a fault that records what a
+  /// client saw rather than a detection)
+  std::string outcome;
+  std::string note;  ///< free text: why missed, what was observed
   /// The detecting side's FIN or RST for the connection as seen on the wire (CLOCK_MONOTONIC);
   /// 0 when none was seen or the wire was not observed (wire_segment says which).
   std::int64_t wire_mono_ns = 0;
   std::string wire_segment;  ///< "FIN", "RST", "none" (observed, nothing sent) or "" (not observed)
+  /// The fault's own figures as a JSON object ("{}" when it has none): e.g. for lossy the
+  /// verdicts and the frames lost, for early-reject what the client read and wrote.
+  std::string details;
 };
 
 /// Batched, asynchronous writer over one SQLite file.
