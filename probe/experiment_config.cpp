@@ -134,8 +134,9 @@ std::optional<milliseconds> experiment_config::bound() const {
   }
   // cable-pull, link-down, server-cable-pull: idle when heartbeats are off; with heartbeats the
   // server's next PING is the first segment left unacknowledged, and the kernel's busy bound
-  // counts from it. The fault comes right after the server's last answer, and a side whose
-  // last frame was an answer pings within 1.2 intervals (docs/protocol.md §6).
+  // counts from it. Wherever the fault falls, the server's next frame leaves within 1.2
+  // intervals of its last one (docs/protocol.md §6: at most 1.2 I after an answer, 1.1 I
+  // after a PING) and at most that long after the fault.
   if (heartbeat) return smallest(heartbeat_bound, *heartbeat * 6 / 5 + server_ping_slack + kernel.busy);
   return kernel.idle;
 }

@@ -56,7 +56,7 @@ std::vector<recipe> keepalive_recipes(const deadpeer::keepalive_settings& s,
            "\n# These change every socket on the host, and only sockets whose program enabled\n"
            "# SO_KEEPALIVE: a program that never asks for keepalive gets none from them.\n"
            "# There is no sysctl for TCP_USER_TIMEOUT; busy connections stay bounded by\n"
-           "# net.ipv4.tcp_retries2 (15: about 15 minutes)."});
+           "# net.ipv4.tcp_retries2 (15: about 17 minutes)."});
 
   std::string c = "int on = 1, idle = " + n(idle) + ", interval = " + n(interval) +
                   ", count = " + n(count) + ";\n";

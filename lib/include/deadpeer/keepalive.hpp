@@ -137,10 +137,11 @@ struct timer_wheel_timing {
 };
 timer_wheel_timing kernel_timer_timing(std::chrono::milliseconds delay, int hz);
 
-/// Time until retransmission gives up with tcp_retries2 = `retries2`: the sum of the
-/// back-off intervals, RTO starting at 200 ms (TCP_RTO_MIN) and doubling up to 120 s
-/// (TCP_RTO_MAX). 15 (the default) gives 924.6 s. The real RTO is at least this on a
-/// path whose RTT is below 200 ms, so this is a lower bound on long-RTT paths.
+/// The kernel's model timeout for tcp_retries2 = `retries2` (tcp_model_timeout): the sum of
+/// the back-off intervals, RTO starting at 200 ms (TCP_RTO_MIN) and doubling up to 120 s
+/// (TCP_RTO_MAX). 15 (the default) gives 924.6 s. It is measured from the first
+/// retransmission and checked only when a back-off fires, so the connection ends later:
+/// compute_bound's busy figure (1044.8 s for 15) is when.
 std::chrono::milliseconds retransmission_give_up_time(int retries2);
 
 /// What a user asks the tuner for.
