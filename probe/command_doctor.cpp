@@ -50,8 +50,9 @@ void print_table(const doctor::report& r, const doctor::host_snapshot& host,
   const auto& d = host.defaults;
   std::cout << "doctor: " << r.sockets_seen << " TCP sockets in scope, " << r.groups.size()
             << " groups. System: keepalive " << d.idle.count() << "s:" << d.interval.count()
-            << "s:" << d.count << " where enabled, tcp_retries2 " << d.retries2 << " (busy give-up "
-            << describe_duration(deadpeer::retransmission_give_up_time(d.retries2))
+            << "s:" << d.count << " where enabled, tcp_retries2 " << d.retries2
+            << " (a busy connection without a user timeout ends after "
+            << describe_duration(deadpeer::compute_bound(deadpeer::keepalive_settings{}, d).busy)
             << "), tcp_fin_timeout " << host.fin_timeout.count() << "s.\n";
   std::cout << "Thresholds: idle over " << format_duration(limits.idle_over)
             << ", CLOSE_WAIT over " << format_duration(limits.close_wait_over) << ".\n\n";
