@@ -1,6 +1,9 @@
 // probe connect: a real heartbeat client. It is what users point at their own server to
 // watch RTT and see why a connection ends, and what the experiments run as the victim.
 #include "cli.hpp"
+#include "connect_faults.hpp"
+
+#include <deadpeer/cause.hpp>
 
 #include <deadpeer/clock.hpp>
 #include <deadpeer/config_error.hpp>
@@ -56,12 +59,24 @@ asio::awaitable<std::optional<deadpeer::session_end>> run_once(
       co_await (socket.async_connect(s.server, asio::as_tuple(asio::use_awaitable)) ||
                 deadline.async_wait(asio::as_tuple(asio::use_awaitable)));
   if (result.index() == 1) {
-    std::cout << "cannot connect to " << s.server << ": no answer within "
-              << deadpeer::format_duration(s.connect_timeout) << std::endl;
+    // Our own deadline, before the kernel's SYN retries ran out: still a connect timeout.
+    std::cout << "cannot connect to " << s.server << ": connect_timeout (no answer within "
+              << deadpeer::format_duration(s.connect_timeout) << "): "
+              << deadpeer::explain(deadpeer::cause::connect_timeout).on_the_wire << std::endl;
     co_return std::nullopt;
   }
   if (const auto [ec] = std::get<0>(result); ec) {
-    std::cout << "cannot connect to " << s.server << ": " << ec.message() << std::endl;
+    const std::error_code error(ec.value(), std::system_category());
+    std::cout << "cannot connect to " << s.server << ": "
+              << (ec.category() == boost::system::system_category()
+                      ? describe_connect_failure(ec.value())
+                      : ec.message() + " (" +
+                            std::string(deadpeer::to_string(
+                                deadpeer::classify(error, {.op = deadpeer::connection_context::
+                                                               operation::connecting})
+                                    .cause)) +
+                            ")")
+              << std::endl;
     co_return std::nullopt;
   }
 

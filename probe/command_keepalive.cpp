@@ -5,6 +5,7 @@
 #include "tune_recipes.hpp"
 
 #include <deadpeer/config_error.hpp>
+#include <deadpeer/connect_bound.hpp>
 #include <deadpeer/duration.hpp>
 #include <deadpeer/keepalive.hpp>
 
@@ -35,6 +36,38 @@ void print_bound(const deadpeer::detection_bound& b) {
   write_wrapped(std::cout, b.busy_arithmetic, "      ");
 }
 
+// probe bound --connect: the SYN retry schedule (deadpeer/connect_bound.hpp).
+int print_connect_bound(const po::variables_map& vm) {
+  auto settings = deadpeer::read_syn_retry_settings();
+  if (vm.count("syn-retries") != 0) settings.syn_retries = vm["syn-retries"].as<int>();
+  if (vm.count("linear-timeouts") != 0) {
+    const int linear = vm["linear-timeouts"].as<int>();
+    if (linear < -1 || linear > 127)
+      throw usage_error("--linear-timeouts " + std::to_string(linear) + " is outside -1..127");
+    settings.linear_timeouts = linear < 0 ? std::nullopt : std::optional<int>(linear);
+  }
+  if (settings.syn_retries < 1 || settings.syn_retries > 127)
+    throw usage_error("--syn-retries " + std::to_string(settings.syn_retries) +
+                      " is outside 1..127");
+  const auto kernel = deadpeer::read_kernel_defaults();
+  const auto b = deadpeer::compute_connect_bound(settings, kernel.hz);
+  std::cout << "connect: tcp_syn_retries " << settings.syn_retries
+            << (vm.count("syn-retries") != 0 ? "" : " (system)") << ", tcp_syn_linear_timeouts "
+            << (settings.linear_timeouts ? std::to_string(*settings.linear_timeouts)
+                                         : std::string("absent"))
+            << (vm.count("linear-timeouts") != 0 ? "" : " (system)") << ", HZ "
+            << (kernel.hz > 0 ? std::to_string(kernel.hz) : std::string("unknown")) << "\n";
+  if (!settings.from_system)
+    std::cout << "note: /proc/sys/net/ipv4 is not readable; Linux's default values were used\n";
+  std::cout << "worst-case time until connect() fails with ETIMEDOUT when nothing answers: "
+            << describe_duration(b.latest) << "\n";
+  write_wrapped(std::cout, b.arithmetic, "      ");
+  std::cout << "  the listener keeps a half-open connection whose SYN-ACKs are lost for about "
+            << describe_duration(deadpeer::synack_give_up_time(settings.synack_retries))
+            << " (tcp_synack_retries " << settings.synack_retries << ")\n";
+  return exit_ok;
+}
+
 }  // namespace
 
 int command_bound(const std::vector<std::string>& args) {
@@ -48,11 +81,20 @@ int command_bound(const std::vector<std::string>& args) {
       ("user-timeout,u", po::value<std::string>()->value_name("DURATION"),
        "TCP_USER_TIMEOUT, e.g. 30s; 0s turns it off (default: from --keepalive, else off)")  //
       ("retries2", po::value<int>()->value_name("N"),
-       "net.ipv4.tcp_retries2 to assume for busy connections (default: this machine's)");
+       "net.ipv4.tcp_retries2 to assume for busy connections (default: this machine's)")  //
+      ("connect",
+       "instead: the worst case of a connect() that is never answered (SYN or SYN-ACK lost, "
+       "the listener's queue full), from tcp_syn_retries and tcp_syn_linear_timeouts")  //
+      ("syn-retries", po::value<int>()->value_name("N"),
+       "with --connect: net.ipv4.tcp_syn_retries to assume (default: this machine's)")  //
+      ("linear-timeouts", po::value<int>()->value_name("N"),
+       "with --connect: net.ipv4.tcp_syn_linear_timeouts to assume; -1: a kernel without "
+       "it (default: this machine's)");
   po::variables_map vm;
   if (!parse_command_line(
           args, options, {},
-          "Usage: probe bound [--preset NAME] [--keepalive SPEC] [--user-timeout DURATION]\n\n"
+          "Usage: probe bound [--preset NAME] [--keepalive SPEC] [--user-timeout DURATION]\n"
+          "       probe bound --connect [--syn-retries N] [--linear-timeouts N]\n\n"
           "Prints the worst-case time from a peer's silent death (cable pull, power loss,\n"
           "NAT state loss) until the kernel aborts the connection, for an idle connection\n"
           "(keepalive probes) and a busy one (unacknowledged data: retransmissions or\n"
@@ -61,6 +103,9 @@ int command_bound(const std::vector<std::string>& args) {
           vm, std::cout))
     return exit_ok;
 
+  if (vm.count("connect") != 0) return print_connect_bound(vm);
+  if (vm.count("syn-retries") != 0 || vm.count("linear-timeouts") != 0)
+    throw usage_error("--syn-retries and --linear-timeouts go with --connect");
   deadpeer::keepalive_options given;
   if (vm.count("preset") != 0)
     given = deadpeer::find_keepalive_preset(vm["preset"].as<std::string>()).options;

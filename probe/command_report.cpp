@@ -15,6 +15,7 @@
 
 #include "cli.hpp"
 
+#include <algorithm>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -81,7 +82,13 @@ int command_report(const std::vector<std::string>& args) {
               << "; latencies over "
               << "detected trials; over_bound = detected trials later than their bound; "
               << "failures = missed + premature; wire_diff = trials whose "
-              << "wire instant disagrees / trials with one)\n";
+              << "wire instant disagrees / trials with one"
+              << (std::any_of(rows.begin(), rows.end(),
+                              [](const report::summary_row& r) { return r.observed > 0; })
+                      ? "; observed trials (early-reject) count in the latencies, answered = "
+                        "those whose client read the whole answer"
+                      : "")
+              << ")\n";
   }
   std::cout.flush();
 

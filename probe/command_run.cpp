@@ -1,10 +1,12 @@
 // probe run / probe --simulate-crash / probe sweep: the experiments, from the command
 // line. Options shared by run and sweep are described once here.
 #include "cli.hpp"
+#include "connect_faults.hpp"
 #include "experiment.hpp"
 #include "greeting.hpp"
 #include "http_client.hpp"
 #include "lab.hpp"
+#include "noise_faults.hpp"
 
 #include <deadpeer/config_error.hpp>
 #include <deadpeer/duration.hpp>
@@ -18,6 +20,7 @@
 #include <iomanip>
 #include <iostream>
 #include <sstream>
+#include <tuple>
 
 namespace probe {
 namespace {
@@ -52,8 +55,10 @@ void add_experiment_options(po::options_description& o, bool sweep) {
        "TCP_USER_TIMEOUT on the server's sockets")  //
       ("detector", po::value<std::string>()->default_value("fixed")->value_name("fixed|phi"),
        "failure detector on the server")  //
-      ("dead-after", po::value<std::string>()->value_name("DURATION"),
-       "fixed detector: silence that means dead (default: 3 x heartbeat)")  //
+      ("dead-after", po::value<std::string>()->value_name(sweep ? "LIST" : "DURATION"),
+       sweep ? "fixed detector: silences that mean dead to try, comma-separated, e.g. "
+               "250ms,500ms,1s (default: 3 x heartbeat)"
+             : "fixed detector: silence that means dead (default: 3 x heartbeat)")  //
       ("phi-threshold", po::value<double>()->default_value(8.0)->value_name("X"),
        "phi detector threshold")  //
       ("server", po::value<std::string>()->value_name("HOST:PORT"),
@@ -87,8 +92,14 @@ std::optional<milliseconds> parse_heartbeat(const std::string& text) {
   return d;
 }
 
+std::chrono::milliseconds parse_dead_after(const std::string& text) {
+  const auto d = deadpeer::parse_duration(text);
+  if (d.count() == 0) throw usage_error("--dead-after must be positive");
+  return d;
+}
+
 // Fills everything except the listed (sweep) dimensions.
-experiment_config base_config(const po::variables_map& vm) {
+experiment_config base_config(const po::variables_map& vm, bool sweep = false) {
   experiment_config c;
   c.fault = vm["fault"].as<std::string>();
   (void)find_fault(c.fault);
@@ -98,10 +109,8 @@ experiment_config base_config(const po::variables_map& vm) {
   c.detector = vm["detector"].as<std::string>();
   if (c.detector != "fixed" && c.detector != "phi")
     throw usage_error("--detector \"" + c.detector + "\": expected fixed or phi");
-  if (vm.count("dead-after") != 0) {
-    c.dead_after = deadpeer::parse_duration(vm["dead-after"].as<std::string>());
-    if (c.dead_after->count() == 0) throw usage_error("--dead-after must be positive");
-  }
+  if (vm.count("dead-after") != 0 && !sweep)  // a sweep takes a list (command_sweep)
+    c.dead_after = parse_dead_after(vm["dead-after"].as<std::string>());
   c.phi_threshold = vm["phi-threshold"].as<double>();
   if (!(c.phi_threshold > 0) || !std::isfinite(c.phi_threshold))
     throw usage_error("--phi-threshold must be a positive number");
@@ -135,6 +144,7 @@ json::object trial_json(const experiment_config& c, const trial_result& r) {
   o["cause"] = r.cause;
   o["errno"] = r.error_name;
   o["note"] = r.note;
+  if (!r.details.empty()) o["details"] = json::parse(r.details);
   return o;
 }
 
@@ -203,6 +213,49 @@ void adopt_server_keepalive(experiment_config& c, bool user_gave_keepalive) {
     throw usage_error("--user-timeout cannot change an external server's settings (it runs " +
                       text + "): drop it");
   c.keepalive = in_force;  // its user timeout, if any, is part of the spec
+}
+
+// early-reject: how the server closes after answering an upload early.
+void add_early_reject_options(po::options_description& o, bool sweep) {
+  o.add_options()  //
+      ("server-close", po::value<std::string>()->value_name(sweep ? "LIST" : "naive|graceful"),
+       sweep ? "--fault early-reject: the server's closes to try, comma-separated (default: "
+               "naive,graceful)"
+             : "--fault early-reject: naive closes right after the answer with the body unread "
+               "(its kernel sends RST); graceful shuts down its sending side (FIN), reads and "
+               "discards the rest until the client's EOF (at most 5s), then closes (default: "
+               "naive)");
+}
+
+std::vector<std::string> server_close_from(const po::variables_map& vm, const std::string& fault,
+                                           bool sweep) {
+  if (vm.count("server-close") == 0)
+    return fault == "early-reject" && sweep ? std::vector<std::string>{"naive", "graceful"}
+                                            : std::vector<std::string>{"naive"};
+  if (fault != "early-reject") throw usage_error("--server-close goes with --fault early-reject");
+  const auto& text = vm["server-close"].as<std::string>();
+  const auto modes = sweep ? split_list(text) : std::vector<std::string>{text};
+  for (const auto& m : modes)
+    if (m != "naive" && m != "graceful")
+      throw usage_error("--server-close \"" + m + "\": expected naive or graceful");
+  return modes;
+}
+
+// syn-drop, synack-drop, backlog-full: the victim's SYN retries (connect_faults.hpp).
+void add_connect_options(po::options_description& o) {
+  o.add_options()  //
+      ("syn-retries", po::value<int>()->default_value(3)->value_name("N"),
+       "syn-drop, synack-drop, backlog-full: net.ipv4.tcp_syn_retries in the victim's network "
+       "namespace (1..127; the host's own setting is untouched). With this kernel's "
+       "tcp_syn_linear_timeouts 4, 1 fails after about 3s, 2 after 7s, 3 after 19s");
+}
+
+int syn_retries_from(const po::variables_map& vm, const std::string& fault) {
+  const int n = vm["syn-retries"].as<int>();
+  if (!vm["syn-retries"].defaulted() && !is_connect_fault(fault))
+    throw usage_error("--syn-retries goes with --fault syn-drop, synack-drop or backlog-full");
+  if (n < 1 || n > 127) throw usage_error("--syn-retries " + std::to_string(n) + " is outside 1..127");
+  return n;
 }
 
 // Target mode: a server probe did not write.
@@ -279,6 +332,54 @@ std::optional<target_settings> target_from(const po::variables_map& vm) {
   return t;
 }
 
+// lossy and stall: the noise, and how long each trial lives under it.
+void add_noise_options(po::options_description& o, bool sweep) {
+  o.add_options()  //
+      ("duration", po::value<std::string>()->default_value("10s")->value_name("DURATION"),
+       "lossy, stall: how long each trial runs; a verdict within it is false (1s..24h)")  //
+      ("loss",
+       po::value<std::string>()->default_value("5%")->value_name(sweep ? "LIST" : "PERCENT"),
+       sweep ? "lossy: loss rates to try, comma-separated, e.g. 1%,5%,30%"
+             : "lossy: chance that each packet to or from the victim is dropped, each way and "
+               "each packet on its own (nftables numgen; steps of 0.01%)")  //
+      ("pause", po::value<std::string>()->default_value("200ms..2s")->value_name("MIN..MAX"),
+       "stall: how long each pause (SIGSTOP to SIGCONT) lasts, log-uniform between MIN and MAX: "
+       "many short ones, a few long ones, as a garbage collector's")  //
+      ("pause-gap", po::value<std::string>()->default_value("2s")->value_name("DURATION"),
+       "stall: mean time from the end of one pause to the start of the next (exponential, at "
+       "least one heartbeat interval)")  //
+      ("seed", po::value<std::uint64_t>()->default_value(1)->value_name("N"),
+       "stall: seed of the pause schedule; the same seed pauses every trial the same way");
+}
+
+// Applies the noise options to `c` (refused with faults they do not fit); returns the loss
+// rates, in basis points (a list in a sweep).
+std::vector<int> noise_from(const po::variables_map& vm, experiment_config& c, bool sweep) {
+  const bool lossy = c.fault == "lossy", stall = c.fault == "stall";
+  auto given = [&](const char* name) { return vm.count(name) != 0 && !vm[name].defaulted(); };
+  for (const auto& [name, fits] : std::vector<std::pair<const char*, bool>>{
+           {"duration", lossy || stall}, {"loss", lossy}, {"pause", stall},
+           {"pause-gap", stall}, {"seed", stall}})
+    if (given(name) && !fits)
+      throw usage_error(std::string("--") + name + " goes with --fault " +
+                        (std::string_view(name) == "duration" ? "lossy or stall"
+                         : std::string_view(name) == "loss" ? "lossy"
+                                                            : "stall"));
+  c.duration = deadpeer::parse_duration(vm["duration"].as<std::string>());
+  if (c.duration < std::chrono::seconds(1) || c.duration > std::chrono::hours(24))
+    throw usage_error("--duration " + vm["duration"].as<std::string>() + " is outside 1s..24h");
+  std::tie(c.pause_min, c.pause_max) = noise::parse_pause_range(vm["pause"].as<std::string>());
+  c.pause_gap = deadpeer::parse_duration(vm["pause-gap"].as<std::string>());
+  if (c.pause_gap.count() <= 0) throw usage_error("--pause-gap must be positive");
+  c.seed = vm["seed"].as<std::uint64_t>();
+  const auto& loss = vm["loss"].as<std::string>();
+  std::vector<int> rates;
+  for (const auto& item : sweep ? split_list(loss) : std::vector<std::string>{loss})
+    rates.push_back(noise::parse_loss(item));
+  c.loss_basis_points = rates.front();
+  return rates;
+}
+
 }  // namespace
 
 int command_run(const std::vector<std::string>& args) {
@@ -288,6 +389,16 @@ int command_run(const std::vector<std::string>& args) {
       "Target mode: how long a server you did not write holds a dead client");
   add_target_options(target_options);
   options.add(target_options);
+  po::options_description connect_options("syn-drop, synack-drop, backlog-full: connect() that is never answered");
+  add_connect_options(connect_options);
+  options.add(connect_options);
+  po::options_description reject_options(
+      "early-reject: an upload answered early, and what the client reads");
+  add_early_reject_options(reject_options, false);
+  options.add(reject_options);
+  po::options_description noise_options("lossy and stall: false verdicts on a live peer");
+  add_noise_options(noise_options, false);
+  options.add(noise_options);
   po::variables_map vm;
   if (!parse_command_line(args, options, {},
                           "Usage: probe run [--fault crash] [--trials 5] [--heartbeat 500ms] "
@@ -301,6 +412,9 @@ int command_run(const std::vector<std::string>& args) {
     return exit_ok;
   auto config = base_config(vm);
   config.target = target_from(vm);
+  config.syn_retries = syn_retries_from(vm, config.fault);
+  config.server_close = server_close_from(vm, config.fault, false).front();
+  (void)noise_from(vm, config, false);
   config.heartbeat = parse_heartbeat(vm["heartbeat"].as<std::string>());
   if (vm.count("keepalive") != 0)
     config.keepalive = deadpeer::parse_keepalive(vm["keepalive"].as<std::string>());
@@ -353,13 +467,24 @@ int command_run(const std::vector<std::string>& args) {
     return exit_interrupted;
   }
   for (const auto& r : results)
-    if (r.outcome != "detected") return exit_negative;
+    if (r.outcome != "detected" && r.outcome != "observed" && r.outcome != "survived")
+      return exit_negative;
   return exit_ok;
 }
 
 int command_sweep(const std::vector<std::string>& args) {
   po::options_description options("Options (durations take a unit: 250ms, 1.5s, 30s)");
   add_experiment_options(options, true);
+  po::options_description reject_options(
+      "early-reject: an upload answered early, and what the client reads");
+  add_early_reject_options(reject_options, true);
+  options.add(reject_options);
+  po::options_description noise_options("lossy and stall: false verdicts on a live peer");
+  add_noise_options(noise_options, true);
+  options.add(noise_options);
+  po::options_description connect_options("syn-drop, synack-drop, backlog-full: connect() that is never answered");
+  add_connect_options(connect_options);
+  options.add(connect_options);
   po::variables_map vm;
   if (!parse_command_line(args, options, {},
                           "Usage: probe sweep --fault cable-pull --keepalive 1s:1s:3,2s:1s:5 "
@@ -369,7 +494,9 @@ int command_sweep(const std::vector<std::string>& args) {
                           "skipped, so an interrupted\nsweep resumes where it stopped.",
                           vm, std::cout))
     return exit_ok;
-  const auto base = base_config(vm);
+  auto base = base_config(vm, true);
+  base.syn_retries = syn_retries_from(vm, base.fault);
+  const auto loss_rates = noise_from(vm, base, true);
   std::vector<std::optional<deadpeer::keepalive_options>> keepalives{std::nullopt};
   if (vm.count("keepalive") != 0) {
     keepalives.clear();
@@ -384,6 +511,38 @@ int command_sweep(const std::vector<std::string>& args) {
       c.heartbeat = parse_heartbeat(h);
       grid.push_back(c);
     }
+
+  // early-reject: one configuration per server close (no timer plays a part in it).
+  const auto server_closes = server_close_from(vm, base.fault, true);
+  if (base.fault == "early-reject") {
+    grid.clear();
+    for (const auto& mode : server_closes) {
+      auto c = base;
+      c.server_close = mode;
+      grid.push_back(c);
+    }
+  }
+
+  // Detector settings and loss rates: every combination with the grid so far.
+  std::vector<std::optional<milliseconds>> dead_afters{std::nullopt};
+  if (vm.count("dead-after") != 0) {
+    dead_afters.clear();
+    for (const auto& text : split_list(vm["dead-after"].as<std::string>()))
+      dead_afters.push_back(parse_dead_after(text));
+  }
+  {
+    std::vector<experiment_config> expanded;
+    for (const auto& g : grid)
+      for (const auto& d : dead_afters)
+        for (const int loss :
+             base.fault == "lossy" ? loss_rates : std::vector<int>{loss_rates.front()}) {
+          auto c = g;
+          c.dead_after = d;
+          c.loss_basis_points = loss;
+          expanded.push_back(c);
+        }
+    grid = std::move(expanded);
+  }
 
   if (find_fault(base.fault).needs_lab && lab::unavailable_reason())
     run_again_in_user_namespace("sweep", args);

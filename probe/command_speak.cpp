@@ -3,7 +3,13 @@
 // mode runs it as the victim inside the lab; users can point it at their own server to
 // see it hold (or drop) an idle client. Plain POSIX sockets and poll(): one connection,
 // one thread, nothing to hide.
+//
+// --never-close plays the other part: a program that leaks CLOSE_WAIT. After the server's
+// FIN it keeps its socket open until it is killed, as a server that forgets to close its
+// side does (the peer is gone, the socket stays, descriptors run out); probe doctor
+// --close-wait-over then finds it. It waits in pause() until a signal ends it.
 #include "cli.hpp"
+#include "connect_faults.hpp"
 #include "greeting.hpp"
 
 #include <deadpeer/cause.hpp>
@@ -107,7 +113,10 @@ int command_speak(const std::vector<std::string>& args) {
       ("id", po::value<std::string>()->default_value("deadpeer-probe")->value_name("ID"),
        "MQTT client id")  //
       ("connect-timeout", po::value<std::string>()->default_value("5s")->value_name("DURATION"),
-       "give up connecting after this long");
+       "give up connecting after this long")  //
+      ("never-close",
+       "after the server ends the connection, keep the socket open until killed: a CLOSE_WAIT "
+       "leak to find with probe doctor --close-wait-over");
   po::variables_map vm;
   if (!parse_command_line(
           args, options, {},
@@ -118,7 +127,11 @@ int command_speak(const std::vector<std::string>& args) {
           "\"end error errno=N NAME\" (the server closed or the connection failed). probe run\n"
           "--target-cmd uses it as the victim; it runs until the server ends the connection\n"
           "or it is killed. Exit status: 0 the connection ended, 1 it could not be made or\n"
-          "the server's answers made no sense, 2 bad usage.",
+          "the server's answers made no sense, 2 bad usage.\n\n"
+          "With --never-close it never closes its socket after the server's FIN: it says\n"
+          "\"holding pid=P\" and stays in CLOSE_WAIT until killed, the leak of a program\n"
+          "that forgets to close (probe speak --server H:P --never-close &, then\n"
+          "probe doctor --pid P --close-wait-over 0s).",
           vm, std::cout))
     return exit_ok;
   if (vm.count("server") == 0) throw usage_error("--server HOST:PORT is required");
@@ -130,7 +143,8 @@ int command_speak(const std::vector<std::string>& args) {
   int error = 0;
   const int fd = connect_within(server, connect_timeout, error);
   if (fd < 0) {
-    say("cannot connect to " + vm["server"].as<std::string>() + ": " + error_words(error));
+    say("cannot connect to " + vm["server"].as<std::string>() + ": " + error_words(error) + " " +
+        describe_connect_failure(error));
     return exit_negative;
   }
   sockaddr_storage local{}, remote{};
@@ -198,6 +212,13 @@ int command_speak(const std::vector<std::string>& args) {
       }
       next_request += g.interval;
     }
+  }
+  if (vm.count("never-close") != 0) {
+    // The leak: the descriptor stays open until a signal ends the program.
+    say("holding pid=" + std::to_string(::getpid()) +
+        " (--never-close: the socket stays in CLOSE_WAIT until this program is killed)");
+    for (;;)
+      ::pause();
   }
   ::close(fd);
   return exit_ok;

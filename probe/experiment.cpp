@@ -5,9 +5,12 @@
 #include "experiment.hpp"
 
 #include "child_process.hpp"
+#include "connect_faults.hpp"
 #include "cli.hpp"
+#include "early_reject.hpp"
 #include "http_client.hpp"
 #include "lab.hpp"
+#include "noise_faults.hpp"
 #include "target.hpp"
 #include "wire_observer.hpp"
 
@@ -337,6 +340,11 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
         "with the embedded server (drop --server)");
 
   if (config.target) return run_target_experiment(config, run_id, first_trial, progress);
+  if (is_connect_fault(config.fault)) return run_connect_experiment(config, run_id, first_trial, progress);
+  if (config.fault == "early-reject")
+    return run_early_reject_experiment(config, run_id, first_trial, progress);
+  if (config.fault == "lossy" || config.fault == "stall")
+    return run_noise_experiment(config, run_id, first_trial, progress);
 
   std::unique_ptr<lab::network> network;
   if (fault.needs_lab) {

@@ -8,6 +8,7 @@
 // worst case the settings allow — and can be held against the computed bound.
 #pragma once
 
+#include <deadpeer/connect_bound.hpp>
 #include <deadpeer/detector.hpp>
 #include <deadpeer/keepalive.hpp>
 #include <deadpeer/store.hpp>
@@ -62,6 +63,20 @@ struct experiment_config {
   std::optional<unsigned short> server_control_port;     ///< its control API port
   std::optional<std::chrono::milliseconds> limit;        ///< per-trial hard limit
   std::optional<target_settings> target;                ///< measure this instead of deadpeer
+  /// Connect faults: net.ipv4.tcp_syn_retries set in the victim namespace (--syn-retries).
+  int syn_retries = 3;
+  /// Connect faults: the SYN retry sysctls as read in the lab (set by the trial loop);
+  /// nullopt: this namespace's tcp_syn_linear_timeouts stands in for the lab's.
+  std::optional<deadpeer::syn_retry_settings> syn_settings;
+  /// early-reject (early_reject.hpp): how the server closes after its early answer,
+  /// naive (close() with the body unread: RST) or graceful (FIN, drain, close).
+  std::string server_close = "naive";
+  // lossy and stall (noise_faults.hpp): a live victim under noise; any verdict is false.
+  std::chrono::milliseconds duration{10'000};  ///< --duration: how long each trial lasts
+  int loss_basis_points = 500;                 ///< lossy: drop chance each way, 1/100 % (500 = 5%)
+  std::chrono::milliseconds pause_min{200}, pause_max{2000};  ///< stall: pause lengths
+  std::chrono::milliseconds pause_gap{2000};  ///< stall: mean time from one pause to the next
+  std::uint64_t seed = 1;                     ///< stall: the pause schedule's seed
   std::string db = "results.db";
   bool json = false;
 

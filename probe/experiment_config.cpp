@@ -5,6 +5,8 @@
 #include "experiment.hpp"
 
 #include "cli.hpp"
+#include "connect_faults.hpp"
+#include "noise_faults.hpp"
 
 #include <deadpeer/detector.hpp>
 #include <deadpeer/duration.hpp>
@@ -41,6 +43,28 @@ const std::vector<fault_kind>& fault_kinds() {
        "cut the server's network (the client's keepalive or heartbeat must "
        "notice)",
        true, false, true},
+      {"lossy",
+       "a live victim under random loss both ways (nftables, --loss) for --duration: any verdict "
+       "is false",
+       true, false, false},
+      {"stall",
+       "a live victim paused at random (SIGSTOP/SIGCONT, --pause, --pause-gap, --seed) for "
+       "--duration, like a GC: any verdict is false",
+       false, false, false},
+      {"early-reject",
+       "an upload answered 413 and closed while the client still sends its body "
+       "(--server-close naive|graceful): what the client reads, on loopback",
+       false, false, true},
+      {"syn-drop",
+       "the victim's SYNs are dropped on their way in: its connect() fails after its SYN "
+       "retries (--syn-retries)",
+       true, false, false},
+      {"synack-drop",
+       "the server's SYN-ACKs are dropped: both sides retry, the victim's connect() fails",
+       true, false, false},
+      {"backlog-full",
+       "a listener that never accepts, its queue full: new SYNs are dropped, connect() fails",
+       true, false, false},
   };
   return kinds;
 }
@@ -67,12 +91,15 @@ milliseconds experiment_config::effective_dead_after() const {
 }
 
 std::string experiment_config::config_key() const {
+  if (is_connect_fault(fault)) return connect_config_key(*this);
   if (target)
     return "target=" +
            (target->command.empty() ? target->address->address().to_string() + ":" +
                                           std::to_string(target->address->port())
                                     : target->command) +
            " greeting=" + target->greeting + (target->client_side ? " side=client" : "");
+  // early-reject has no timers under test: the server's close is the whole configuration.
+  if (fault == "early-reject") return "server_close=" + server_close;
   std::string key = "keepalive=" + (keepalive ? deadpeer::to_string(*keepalive) : "system");
   key += " user_timeout=" + (user_timeout ? deadpeer::format_duration(*user_timeout) : "none");
   key += " heartbeat=" + (heartbeat ? deadpeer::format_duration(*heartbeat) : "off");
@@ -81,6 +108,7 @@ std::string experiment_config::config_key() const {
     key += detector == "phi" ? " phi=" + std::to_string(phi_threshold)
                              : " dead_after=" + deadpeer::format_duration(effective_dead_after());
   }
+  if (fault == "lossy" || fault == "stall") key += " " + noise_key(*this);
   if (server) key += " server=external";
   return key;
 }
@@ -103,6 +131,10 @@ std::string experiment_config::detector_description() const {
 
 std::optional<milliseconds> experiment_config::bound() const {
   if (target) return std::nullopt;  // its settings are what is being found out
+  if (fault == "syn-drop" || fault == "synack-drop" || fault == "backlog-full")
+    return connect_bound_of(*this).latest;  // connect_faults.hpp
+  if (fault == "early-reject") return std::nullopt;
+  if (fault == "lossy" || fault == "stall") return std::nullopt;
   const auto defaults = deadpeer::read_kernel_defaults();
   const auto k =
       deadpeer::resolve(server_keepalive().value_or(deadpeer::keepalive_options{}), defaults);

@@ -23,6 +23,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <stdexcept>
@@ -111,6 +112,35 @@ class network {
   /// path works again afterwards (the cable is left as it was before the call). The server
   /// learns of it only when it next sends something (data or a keepalive probe): RST.
   void reboot_victim();
+
+  /// Random loss (lab_noise.cpp): every packet into and out of the victim namespace is
+  /// dropped with probability basis_points / 10000, each on its own (nft numgen random, the
+  /// kernel's randomness: not repeatable). Counts what passed and what was dropped. Throws
+  /// lab_error when the cable is pulled or loss is already on; basis_points 1..10000.
+  void loss_start(int basis_points);
+  /// Packets seen and dropped by the loss rules since loss_start, per direction.
+  struct loss_counters {
+    std::uint64_t in_packets = 0, in_dropped = 0;    ///< toward the victim
+    std::uint64_t out_packets = 0, out_dropped = 0;  ///< from the victim
+  };
+  loss_counters loss_counts() const;
+  /// Removes the loss rules (no-op when there are none).
+  void loss_stop();
+
+  /// Connect faults (lab_connect.cpp): an nftables table `inet connect_fault` in the server
+  /// namespace (created on first use, gone with the namespace) drops the SYNs arriving from
+  /// the victim (drop_syns) or the SYN-ACKs the server sends back (drop_synacks); every
+  /// other segment passes. heal_connect_faults() removes the table. Throws lab_error.
+  void drop_syns();
+  void drop_synacks();
+  void heal_connect_faults();
+  /// A sysctl such as "net.ipv4.tcp_syn_retries" in one of the lab's namespaces (net.*
+  /// sysctls are per network namespace: the host's stay untouched). read_* give nullopt
+  /// when this kernel has no such key; set_* throw lab_error.
+  void set_victim_sysctl(const std::string& key, const std::string& value);
+  void set_server_sysctl(const std::string& key, const std::string& value);
+  std::optional<std::string> read_victim_sysctl(const std::string& key) const;
+  std::optional<std::string> read_server_sysctl(const std::string& key) const;
 
   /// Runs fn on the calling thread while that thread is inside the server namespace
   /// (setns(CLONE_NEWNET) on a saved fd), then returns it to its original namespace even if

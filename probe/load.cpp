@@ -311,6 +311,13 @@ std::string errno_label(int error) {
   return name.empty() ? "errno " + std::to_string(error) : std::string(name);
 }
 
+// A failed connect by its classified cause and errno: "connection_refused (ECONNREFUSED)".
+std::string connect_failure_label(int error) {
+  const auto k = deadpeer::classify(std::error_code(error, std::system_category()),
+                                    {.op = deadpeer::connection_context::operation::connecting});
+  return std::string(deadpeer::to_string(k.cause)) + " (" + errno_label(error) + ")";
+}
+
 std::uint32_t load_be32(std::span<const std::byte> p) {
   return (std::uint32_t(p[0]) << 24) | (std::uint32_t(p[1]) << 16) | (std::uint32_t(p[2]) << 8) |
          std::uint32_t(p[3]);
@@ -503,7 +510,7 @@ struct engine::impl {
       return;
     }
     if (errno != EINPROGRESS) {
-      lost(index, errno_label(errno), false, now);
+      lost(index, connect_failure_label(errno), false, now);
       return;
     }
     epoll_set(index, EPOLLOUT, EPOLL_CTL_ADD);
@@ -579,7 +586,7 @@ struct engine::impl {
     auto& c = conns[index];
     switch (c.state) {
       case conn_state::connecting:
-        lost(index, "connect timeout", false, now);
+        lost(index, "connect_timeout (no answer within the connect timeout)", false, now);
         break;
       case conn_state::handshaking:
         lost(index, "handshake timeout", false, now);
@@ -607,7 +614,7 @@ struct engine::impl {
     socklen_t length = sizeof error;
     if (::getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0) error = errno;
     if (error != 0) {
-      lost(index, errno_label(error), false, now);
+      lost(index, connect_failure_label(error), false, now);
       return;
     }
     epoll_set(index, EPOLLIN, EPOLL_CTL_MOD);

@@ -38,6 +38,15 @@ struct trial_row {
   /// The wire's FIN/RST instant minus the decision instant; nullopt when the wire was not
   /// observed or showed none.
   std::optional<double> wire_gap_ms;
+  /// early-reject (outcome "observed"): whether the client read the server's whole answer
+  /// (details.answer_read); nullopt for other faults.
+  std::optional<bool> answer_read;
+  /// early-reject: the answer was read only after the client's first error (a client that
+  /// gives up at its first failed call never sees it; details.answer_before_error).
+  bool answer_after_error = false;
+  /// lossy, stall: how long the live peer was exposed to false verdicts in this trial (the
+  /// whole duration, or until the verdict; details.observed_ms); nullopt for other faults.
+  std::optional<double> trial_time_ms;
 };
 
 /// True when the wire and the application disagree by more than 5 ms or 2% of the latency.
@@ -68,9 +77,25 @@ struct summary_row {
   std::string detected_by;               ///< "eof", "eof+reset"; empty when none detected
   std::size_t wire_seen = 0;      ///< detected trials with a FIN/RST instant from the wire
   std::size_t wire_disagree = 0;  ///< of those, how many disagree (wire_disagrees)
+  /// Trials that record what a client saw (outcome "observed": early-reject); their
+  /// latencies count in p50, p95 and max like detected ones.
+  std::size_t observed = 0;
+  std::size_t answer_read = 0;  ///< of those, how many read the server's whole answer
+  std::size_t answer_after_error = 0;  ///< of those, how many only after their first error
+  /// lossy, stall: trials in which the live peer was never declared dead (outcome
+  /// "survived"), the trial time of the group's trials, and premature / trial time in
+  /// hours (nullopt when no trial time was recorded: not such a fault).
+  std::size_t survived = 0;
+  double trial_time_ms = 0;
+  std::optional<double> false_verdicts_per_hour;
 
   std::size_t failures() const { return missed + premature; }
 };
+
+/// False verdicts per hour of trial time: `premature` verdicts over `trial_time_ms` of
+/// exposure (a rate, so trials that ended at their verdict count only until then);
+/// nullopt when there was no trial time.
+std::optional<double> false_verdicts_per_hour(std::size_t premature, double trial_time_ms);
 
 /// Nearest-rank percentile of `sorted` (ascending, non-empty), 0 < percent <= 100.
 double nearest_rank(std::span<const double> sorted, unsigned percent);
@@ -86,7 +111,9 @@ std::vector<summary_row> summarize(const std::vector<trial_row>& rows);
 /// A latency for people: "0.84 ms", "42.3 ms", "4.07 s", "7875 s".
 std::string format_latency(double ms);
 
-/// The summary as an aligned table with a header line, one line per group.
+/// The summary as an aligned table with a header line, one line per group; when some
+/// groups measured false verdicts (lossy, stall), a second table follows under its own
+/// heading: trials, survived, premature, trial time, false verdicts per hour.
 std::string format_table(const std::vector<summary_row>& rows);
 /// RFC 4180 CSV (CRLF line ends) with a header row; numbers raw, in milliseconds; a missing
 /// value (no detection, no bound) is an empty field.

@@ -4,6 +4,7 @@
 
 #include "cli.hpp"
 
+#include <boost/json.hpp>
 #include <sqlite3.h>
 
 #include <charconv>
@@ -113,12 +114,17 @@ std::vector<trial_row> load_trials(const std::string& path, const run_selection&
   const bool has_wire = query_integer(db.get(), path,
                                       "SELECT count(*) FROM pragma_table_info('trials') "
                                       "WHERE name = 'wire_mono_ns'") == 1;
+  // Schema 2 files have no details: "" stands in.
+  const bool has_details = query_integer(db.get(), path,
+                                         "SELECT count(*) FROM pragma_table_info('trials') "
+                                         "WHERE name = 'details'") == 1;
   const std::string query =
       std::string(
           "SELECT run_id, fault, config_key, keepalive, heartbeat_interval_ms, detector, "
           "user_timeout_ms, bound_ms, latency_ms, latency_ms_exact, detected_by, "
           "outcome, detected_mono_ns, ") +
-      (has_wire ? "wire_mono_ns" : "0") + " FROM trials " +
+      (has_wire ? "wire_mono_ns" : "0") + ", " + (has_details ? "details" : "''") +
+      " FROM trials " +
       (selection.which == run_selection::kind::all ? "" : "WHERE run_id = ? ") + "ORDER BY id";
   const auto s = prepare(db.get(), path, query.c_str());
   if (selection.which != run_selection::kind::all) sqlite3_bind_int64(s.get(), 1, run_id);
@@ -146,6 +152,27 @@ std::vector<trial_row> load_trials(const std::string& path, const run_selection&
     const auto wire_ns = sqlite3_column_int64(s.get(), 13);
     if (decided_ns > 0 && wire_ns > 0)
       r.wire_gap_ms = static_cast<double>(wire_ns - decided_ns) / 1e6;
+    // early-reject's details say whether the client read the answer; a details text that
+    // is not a JSON object leaves it unknown.
+    if (const auto details = column_text(s.get(), 14); !details.empty()) {
+      boost::system::error_code parse_error;
+      const auto parsed = boost::json::parse(details, parse_error);
+      if (!parse_error && parsed.is_object())
+        if (const auto* read = parsed.as_object().if_contains("answer_read"); read && read->is_bool()) {
+          r.answer_read = read->as_bool();
+          const auto* first = parsed.as_object().if_contains("answer_before_error");
+          r.answer_after_error = r.answer_read == true && first && first->is_bool() && !first->as_bool();
+        }
+    }
+    // lossy and stall: the trial's exposure time, for false verdicts per hour.
+    if (const auto details = column_text(s.get(), 14);
+        details.find("\"observed_ms\"") != std::string::npos) {
+      boost::system::error_code parse_error;
+      const auto parsed = boost::json::parse(details, parse_error);
+      if (!parse_error && parsed.is_object())
+        if (const auto* t = parsed.as_object().if_contains("observed_ms"); t && t->is_number())
+          r.trial_time_ms = t->to_number<double>();
+    }
     rows.push_back(std::move(r));
   }
   if (step != SQLITE_DONE)

@@ -96,13 +96,57 @@ std::string format_latency(double ms) {
   return printf_text("%.0f s", s);
 }
 
+namespace {
+
+/// Trial time for people: as a latency up to an hour, then in hours.
+std::string trial_time_text(double ms) {
+  constexpr double ms_per_hour = 3'600'000;
+  return ms < ms_per_hour ? format_latency(ms) : printf_text("%.2f h", ms / ms_per_hour);
+}
+
+/// lossy and stall: a live peer declared dead is a false verdict; their groups get a table
+/// of their own under a heading (empty when no group measured any trial time).
+std::string false_verdict_table(const std::vector<summary_row>& rows) {
+  std::vector<std::vector<std::string>> cells{
+      {"fault", "configuration", "trials", "survived", "premature", "trial_time", "per_hour"}};
+  for (const auto& r : rows) {
+    if (!r.false_verdicts_per_hour) continue;
+    const double rate = *r.false_verdicts_per_hour;
+    cells.push_back({r.fault, r.configuration, std::to_string(r.trials), std::to_string(r.survived),
+                     std::to_string(r.premature), trial_time_text(r.trial_time_ms),
+                     printf_text(rate >= 100 ? "%.0f" : rate >= 10 ? "%.1f" : "%.2f", rate)});
+  }
+  if (cells.size() == 1) return {};
+  std::vector<std::size_t> width(cells[0].size(), 0);
+  for (const auto& line : cells)
+    for (std::size_t c = 0; c < line.size(); ++c)
+      width[c] = std::max(width[c], line[c].size());
+  std::string out =
+      "\nfalse verdicts (a live peer declared dead; premature counts as a failure above):\n";
+  for (const auto& line : cells) {
+    std::string text;
+    for (std::size_t c = 0; c < line.size(); ++c) {
+      if (c > 0) text += "  ";
+      const std::string pad(width[c] - line[c].size(), ' ');
+      text += c < 2 ? line[c] + pad : pad + line[c];  // words left, numbers right
+    }
+    while (!text.empty() && text.back() == ' ')
+      text.pop_back();
+    out += text + "\n";
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string format_table(const std::vector<summary_row>& rows) {
   const std::vector<std::string> header{
       "fault",     "configuration", "n",           "p50",      "p95",       "max", "bound",
-      "max/bound", "p50/bound",     "over_bound", "detected_by", "failures", "wire_diff"};
+      "max/bound", "p50/bound",     "over_bound", "detected_by", "failures", "wire_diff",
+      "answered"};
   // Numbers are right-aligned, words left-aligned.
   const std::vector<bool> right{false, false, true, true,  true,  true, true,
-                                true,  true,  true, false, true, true};
+                                true,  true,  true, false, true, true, true};
   auto latency = [](const std::optional<double>& ms) {
     return ms ? format_latency(*ms) : std::string("-");
   };
@@ -116,7 +160,13 @@ std::string format_table(const std::vector<summary_row>& rows) {
          r.bound_ms ? std::to_string(r.over_bound) : "-",
          r.detected_by.empty() ? "-" : r.detected_by, std::to_string(r.failures()),
          r.wire_seen == 0 ? "-"
-                          : std::to_string(r.wire_disagree) + "/" + std::to_string(r.wire_seen)});
+                          : std::to_string(r.wire_disagree) + "/" + std::to_string(r.wire_seen),
+         r.observed == 0 ? "-"
+                         : std::to_string(r.answer_read) + "/" + std::to_string(r.observed) +
+                               (r.answer_after_error == 0
+                                    ? ""
+                                    : " (" + std::to_string(r.answer_after_error) +
+                                          " after an error)")});
   std::vector<std::size_t> width(header.size(), 0);
   for (const auto& line : cells)
     for (std::size_t c = 0; c < line.size(); ++c)
@@ -133,7 +183,7 @@ std::string format_table(const std::vector<summary_row>& rows) {
       text.pop_back();
     out += text + "\n";
   }
-  return out;
+  return out + false_verdict_table(rows);
 }
 
 std::string csv_field(std::string_view text) {
@@ -151,7 +201,8 @@ std::string format_csv(const std::vector<summary_row>& rows) {
   std::string out =
       "fault,configuration,n,p50_ms,p95_ms,max_ms,bound_ms,max_over_bound,detected_by,failures,"
       "detected,missed,premature,config_key,keepalive,heartbeat_interval_ms,detector,"
-      "user_timeout_ms,wire_seen,wire_disagree,p50_over_bound,over_bound\r\n";
+      "user_timeout_ms,wire_seen,wire_disagree,p50_over_bound,over_bound,observed,answer_read,"
+      "answer_after_error\r\n";
   for (const auto& r : rows) {
     const std::vector<std::string> fields{csv_field(r.fault),
                                           csv_field(r.configuration),
@@ -174,7 +225,10 @@ std::string format_csv(const std::vector<summary_row>& rows) {
                                           std::to_string(r.wire_seen),
                                           std::to_string(r.wire_disagree),
                                           number(r.p50_over_bound),
-                                          std::to_string(r.over_bound)};
+                                          std::to_string(r.over_bound),
+                                          std::to_string(r.observed),
+                                          std::to_string(r.answer_read),
+                                          std::to_string(r.answer_after_error)};
     for (std::size_t i = 0; i < fields.size(); ++i)
       out += (i > 0 ? "," : "") + fields[i];
     out += "\r\n";
@@ -212,6 +266,13 @@ std::string format_json(const std::vector<summary_row>& rows) {
     o["user_timeout_ms"] = r.user_timeout_ms;
     o["wire_seen"] = count(r.wire_seen);
     o["wire_disagree"] = count(r.wire_disagree);
+    o["observed"] = count(r.observed);
+    o["answer_read"] = count(r.answer_read);
+    o["answer_after_error"] = count(r.answer_after_error);
+    o["survived"] = count(r.survived);
+    o["trial_time_ms"] = r.false_verdicts_per_hour ? boost::json::value(r.trial_time_ms)
+                                                   : boost::json::value(nullptr);
+    o["false_verdicts_per_hour"] = number(r.false_verdicts_per_hour);
     array.push_back(std::move(o));
   }
   std::string out;

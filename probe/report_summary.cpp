@@ -70,6 +70,10 @@ double nearest_rank(std::span<const double> sorted, unsigned percent) {
 std::string describe_configuration(const trial_row& row) {
   // A target's settings are its own: its command and the greeting say what was measured.
   if (row.config_key.rfind("target=", 0) == 0) return row.config_key;
+  // Connect faults: the SYN retries are the whole configuration (connect_faults.hpp).
+  if (row.config_key.rfind("connect ", 0) == 0) return row.config_key.substr(8);
+  // early-reject: the server's close is the whole configuration.
+  if (row.config_key.rfind("server_close=", 0) == 0) return row.config_key;
   std::string text = "ka=" + compact_keepalive(row.keepalive, row.user_timeout_ms);
   text += " hb=";
   if (row.heartbeat_interval_ms > 0) {
@@ -82,6 +86,12 @@ std::string describe_configuration(const trial_row& row) {
   text += row.user_timeout_ms > 0 ? deadpeer::format_duration(milliseconds(row.user_timeout_ms))
                                   : std::string("off");
   return text;
+}
+
+std::optional<double> false_verdicts_per_hour(std::size_t premature, double trial_time_ms) {
+  if (!(trial_time_ms > 0)) return std::nullopt;
+  constexpr double ms_per_hour = 3'600'000;
+  return static_cast<double>(premature) * ms_per_hour / trial_time_ms;
 }
 
 bool wire_disagrees(double wire_gap_ms, double latency_ms) {
@@ -117,6 +127,7 @@ std::vector<summary_row> summarize(const std::vector<trial_row>& rows) {
     // Equal keys promise equal settings, so one bound; should rows disagree anyway, the
     // largest finite one is kept (the most generous promise, so never a false "over").
     if (row.bound_ms >= 0 && (!s.bound_ms || row.bound_ms > *s.bound_ms)) s.bound_ms = row.bound_ms;
+    if (row.trial_time_ms) s.trial_time_ms += *row.trial_time_ms;
     if (row.outcome == "detected") {
       ++s.detected;
       if (row.latency_ms) g.latencies.push_back(*row.latency_ms);
@@ -127,6 +138,14 @@ std::vector<summary_row> summarize(const std::vector<trial_row>& rows) {
         if (wire_disagrees(*row.wire_gap_ms, *row.latency_ms)) ++s.wire_disagree;
       }
       ++g.layers[row.detected_by.empty() ? std::string("unknown") : row.detected_by];
+    } else if (row.outcome == "observed") {
+      ++s.observed;
+      if (row.answer_read.value_or(false)) ++s.answer_read;
+      if (row.answer_read.value_or(false) && row.answer_after_error) ++s.answer_after_error;
+      if (row.latency_ms) g.latencies.push_back(*row.latency_ms);
+      ++g.layers[row.detected_by.empty() ? std::string("unknown") : row.detected_by];
+    } else if (row.outcome == "survived") {
+      ++s.survived;
     } else if (row.outcome == "missed") {
       ++s.missed;
     } else if (row.outcome == "premature") {
@@ -149,6 +168,7 @@ std::vector<summary_row> summarize(const std::vector<trial_row>& rows) {
       s.p50_over_bound = *s.p50_ms / static_cast<double>(*s.bound_ms);
     }
     s.detected_by = join_layers(g.layers);
+    s.false_verdicts_per_hour = false_verdicts_per_hour(s.premature, s.trial_time_ms);
     out.push_back(std::move(s));
   }
   std::stable_sort(out.begin(), out.end(),

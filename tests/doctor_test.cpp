@@ -3,6 +3,7 @@
 // table), its exit status, and the pure diagnosis on snapshots for what cannot be planted
 // cheaply (thousands of TIME_WAIT sockets).
 #include "../probe/doctor.hpp"
+#include "../probe/child_process.hpp"
 #include "../probe/lab.hpp"
 
 #include "loopback.hpp"
@@ -17,6 +18,7 @@
 #include <boost/asio/write.hpp>
 #include <boost/json.hpp>
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -247,4 +249,34 @@ TEST_CASE("doctor: TIME_WAIT toward one destination against the port range, opti
   // Four sockets of the ten leave room: no finding.
   host.sockets.erase(host.sockets.begin(), host.sockets.begin() + 2);
   CHECK(probe::doctor::diagnose(host, {}, {}).findings.empty());
+}
+
+TEST_CASE("doctor: probe speak --never-close reproduces a CLOSE_WAIT leak against a server that closes") {
+  // The incident: a program that never closes after its peer's FIN holds CLOSE_WAIT sockets
+  // until it runs out. Here the server (this test) closes at once; the leaking program is
+  // probe speak --never-close, another process, which doctor must name.
+  asio::io_context io;
+  tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  const auto server = "127.0.0.1:" + std::to_string(acceptor.local_endpoint().port());
+  probe::child_process leaker({DEADPEER_PROBE_BINARY, "speak", "--server", server, "--never-close"});
+  REQUIRE(leaker.wait_for_line("connected", 10s));
+  tcp::socket accepted = acceptor.accept();  // queued already: the client said it connected
+  accepted.close();                          // the server closes: FIN to the leaker
+  REQUIRE(leaker.wait_for_line("end eof", 10s));
+  REQUIRE(leaker.wait_for_line("holding pid=" + std::to_string(leaker.pid()), 10s));
+
+  const auto pid = std::to_string(leaker.pid());
+  const auto a = run_doctor({"--pid", pid, "--close-wait-over", "0s", "--json"});
+  INFO(a.out << a.err);
+  CHECK(a.exit_code == 1);
+  const auto leaks = findings_of(a.report, "close-wait-leak");
+  REQUIRE(leaks.size() == 1);
+  CHECK(leaks[0].at("pid").as_int64() == leaker.pid());
+  CHECK(leaks[0].at("where").as_string() == "to " + server);
+  CHECK(leaks[0].at("count").as_int64() == 1);
+  const auto table = run_doctor({"--pid", pid, "--close-wait-over", "0s"});
+  CHECK_THAT(table.out, Catch::Contains("1 CLOSE_WAIT socket in PID " + pid));
+
+  leaker.signal(SIGKILL);
+  CHECK(leaker.wait(5s).has_value());
 }

@@ -326,10 +326,11 @@ TEST_CASE("csv follows RFC 4180") {
   CHECK(csv.substr(0, end_of_header) ==
         "fault,configuration,n,p50_ms,p95_ms,max_ms,bound_ms,max_over_bound,detected_by,"
         "failures,detected,missed,premature,config_key,keepalive,heartbeat_interval_ms,"
-        "detector,user_timeout_ms,wire_seen,wire_disagree,p50_over_bound,over_bound");
+        "detector,user_timeout_ms,wire_seen,wire_disagree,p50_over_bound,over_bound,observed,"
+        "answer_read,answer_after_error");
   CHECK(csv.substr(end_of_header + 2) ==
         "crash,ka=off hb=off ut=off,1,0.5,0.5,0.5,10,0.05,eof,0,1,0,0,"
-        "\"ka=off, hb=\"\"1s\"\"\",off,0,fixed 3s (3 x 1s),0,0,0,0.05,0\r\n");
+        "\"ka=off, hb=\"\"1s\"\"\",off,0,fixed 3s (3 x 1s),0,0,0,0.05,0,0,0,0\r\n");
 }
 
 TEST_CASE("json is an array of objects with the csv's fields") {
@@ -524,4 +525,242 @@ TEST_CASE("a missing file or one without trials is a clear usage error") {
   std::ofstream(garbage) << "this is not a database, just some text that is long enough";
   CHECK_THROWS_AS(load_trials(garbage, {}, description), probe::usage_error);
   CHECK_THROWS_WITH(load_trials(garbage, {}, description), Catch::Contains(garbage));
+}
+
+namespace {
+
+trial_row observed(const std::string& key, double latency_ms, const std::string& layer,
+                   std::optional<bool> answer_read, bool after_error = false) {
+  trial_row r = detected("early-reject", key, latency_ms, layer);
+  r.outcome = "observed";
+  r.answer_read = answer_read;
+  r.answer_after_error = after_error;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("observed trials (early-reject) count their latencies and how many read the answer") {
+  const auto s = summarize({observed("server_close=naive", 0.2, "reset", true, true),
+                            observed("server_close=naive", 0.4, "reset", false),
+                            observed("server_close=naive", 0.3, "eof", std::nullopt),
+                            observed("server_close=graceful", 9.5, "eof", true),
+                            observed("server_close=graceful", 8.5, "eof", true),
+                            detected("crash", "k1", 0.84, "eof")});
+  REQUIRE(s.size() == 3);
+  CHECK(s[0].fault == "crash");
+  CHECK(s[0].observed == 0);
+  const auto& naive = s[1];
+  CHECK(naive.configuration == "server_close=naive");
+  CHECK(naive.trials == 3);
+  CHECK(naive.observed == 3);
+  CHECK(naive.answer_read == 1);
+  CHECK(naive.answer_after_error == 1);  // read, but only after the client's first error
+  CHECK(naive.detected == 0);
+  CHECK(naive.failures() == 0);  // observing is not failing
+  CHECK(naive.p50_ms == 0.3);
+  CHECK(naive.max_ms == 0.4);
+  CHECK(naive.detected_by == "reset+eof");
+  CHECK_FALSE(naive.bound_ms);
+  const auto& graceful = s[2];
+  CHECK(graceful.configuration == "server_close=graceful");
+  CHECK(graceful.answer_read == 2);
+  CHECK(graceful.answer_after_error == 0);
+  CHECK(graceful.detected_by == "eof");
+
+  // The table's last column says it per group; groups without observed trials show "-".
+  const auto lines = lines_of(format_table(s));
+  REQUIRE(lines.size() == 4);
+  const auto answered_end = lines[0].find("answered") + std::string("answered").size();
+  CHECK(lines[0].size() == answered_end);
+  CHECK(lines[1].ends_with(" -"));
+  CHECK(lines[2].ends_with(" 1/3 (1 after an error)"));
+  CHECK(lines[3].ends_with(" 2/2"));
+  CHECK(lines[2].size() == lines[0].size());
+
+  const auto csv = format_csv(s);
+  CHECK_THAT(csv, Catch::Contains(",3,1,1\r\n") && Catch::Contains(",2,2,0\r\n"));
+  const auto json = boost::json::parse(format_json(s)).as_array();
+  CHECK(json[1].as_object().at("observed").to_number<double>() == 3);
+  CHECK(json[1].as_object().at("answer_read").to_number<double>() == 1);
+  CHECK(json[0].as_object().at("answer_read").to_number<double>() == 0);
+}
+
+TEST_CASE("end to end: the answer_read of early-reject's details is read from the database") {
+  temp_dir dir;
+  const auto db = dir.file("results.db");
+  {
+    deadpeer::event_store store({.path = db});
+    const auto run = store.begin_run({.started_unix_ms = 1700000000000,
+                                      .version = "test",
+                                      .host = "test",
+                                      .command = "probe run --fault early-reject",
+                                      .config_json = "{}"});
+    auto trial = [&](int n, const std::string& mode, const std::string& details) {
+      deadpeer::trial_record r;
+      r.run_id = run;
+      r.trial = n;
+      r.fault = "early-reject";
+      r.config_key = "server_close=" + mode;
+      r.keepalive = "system";
+      r.bound_ms = -1;
+      r.fault_mono_ns = 1'000'000'000;
+      r.detected_mono_ns = r.fault_mono_ns + 250'000;
+      r.latency_ms = 0;
+      r.latency_ms_exact = 0.25;
+      r.detected_by = mode == "naive" ? "reset" : "eof";
+      r.outcome = "observed";
+      r.details = details;
+      store.record(r);
+    };
+    trial(1, "naive", R"({"server_close":"naive","answer_read":false})");
+    trial(2, "naive", R"({"server_close":"naive","answer_read":true,"answer_before_error":false})");
+    trial(1, "graceful", R"({"server_close":"graceful","answer_read":true})");
+    trial(2, "graceful", "");  // no details: unknown, not read
+    store.flush();
+  }
+  std::string description;
+  const auto rows = load_trials(db, {}, description);
+  REQUIRE(rows.size() == 4);
+  CHECK(rows[0].answer_read == false);
+  CHECK(rows[1].answer_read == true);
+  CHECK(rows[1].answer_after_error);
+  CHECK_FALSE(rows[2].answer_after_error);
+  CHECK(rows[2].answer_read == true);
+  CHECK_FALSE(rows[3].answer_read.has_value());
+  const auto s = summarize(rows);
+  REQUIRE(s.size() == 2);
+  CHECK(s[0].configuration == "server_close=naive");
+  CHECK(s[0].observed == 2);
+  CHECK(s[0].answer_read == 1);
+  CHECK(s[0].answer_after_error == 1);
+  CHECK(s[1].answer_read == 1);
+  CHECK(s[1].p50_ms == 0.25);
+}
+
+// --- false verdicts (lossy, stall) -----------------------------------------------------
+
+namespace {
+
+trial_row noise_trial(const std::string& fault, const std::string& key, const std::string& outcome,
+                      double trial_time_ms) {
+  trial_row r = failed(fault, key, outcome, outcome == "premature" ? std::optional(trial_time_ms)
+                                                                   : std::nullopt);
+  r.trial_time_ms = trial_time_ms;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("false verdicts per hour: verdicts over the hours of trial time") {
+  CHECK(false_verdicts_per_hour(3, 3'600'000) == Approx(3));
+  CHECK(false_verdicts_per_hour(1, 1'800'000) == Approx(2));
+  CHECK(false_verdicts_per_hour(2, 10'000) == Approx(720));
+  CHECK(false_verdicts_per_hour(0, 7'200'000) == Approx(0));
+  CHECK_FALSE(false_verdicts_per_hour(2, 0));  // no trial time: not such a fault
+}
+
+TEST_CASE("lossy and stall groups count survived and premature trials and their trial time") {
+  const auto s = summarize({noise_trial("lossy", "k", "premature", 1200),
+                            noise_trial("lossy", "k", "survived", 10'000),
+                            noise_trial("lossy", "k", "premature", 800),
+                            noise_trial("lossy", "k", "interrupted", 500),  // not a trial
+                            noise_trial("stall", "k", "survived", 30'000),
+                            detected("crash", "k", 0.5)});
+  REQUIRE(s.size() == 3);
+  const auto& crash = s[0];
+  const auto& lossy = s[1];
+  const auto& stall = s[2];
+  CHECK(lossy.trials == 3);
+  CHECK(lossy.survived == 1);
+  CHECK(lossy.premature == 2);
+  CHECK(lossy.failures() == 2);  // a false verdict is a failure
+  CHECK(lossy.trial_time_ms == Approx(12'000));
+  REQUIRE(lossy.false_verdicts_per_hour);
+  CHECK(*lossy.false_verdicts_per_hour == Approx(600));  // 2 in 12 s
+  CHECK_FALSE(lossy.p50_ms);  // a premature verdict is not a latency
+  CHECK_FALSE(lossy.bound_ms);
+  CHECK(stall.survived == 1);
+  CHECK(*stall.false_verdicts_per_hour == 0);
+  CHECK(crash.survived == 0);
+  CHECK_FALSE(crash.false_verdicts_per_hour);
+
+  const auto table = format_table(s);
+  const auto lines = lines_of(table);
+  // The main table (header and three groups), a blank line, the heading, its header and
+  // the two groups that measured false verdicts.
+  REQUIRE(lines.size() == 9);
+  CHECK(lines[4].empty());
+  CHECK(lines[5].starts_with("false verdicts"));
+  for (const char* column : {"trials", "survived", "premature", "trial_time", "per_hour"})
+    CHECK(lines[6].find(column) != std::string::npos);
+  CHECK(lines[7].starts_with("lossy"));
+  CHECK(lines[7].ends_with(" 600"));
+  CHECK(lines[7].find(" 12.0 s ") != std::string::npos);
+  CHECK(lines[7].size() == lines[6].size());  // numbers are right-aligned
+  CHECK(lines.back().starts_with("stall"));
+  CHECK(lines.back().ends_with(" 0.00"));
+  CHECK(lines.back().find(" 30.0 s ") != std::string::npos);
+  // Without such groups the table is as before.
+  CHECK(format_table({crash}).find("false verdicts") == std::string::npos);
+
+  const auto parsed = boost::json::parse(format_json(s)).as_array();
+  const auto& o = parsed[1].as_object();
+  CHECK(o.at("survived").to_number<double>() == 1);
+  CHECK(o.at("premature").to_number<double>() == 2);
+  CHECK(o.at("trial_time_ms").to_number<double>() == 12'000);
+  CHECK(o.at("false_verdicts_per_hour").to_number<double>() == Approx(600));
+  CHECK(parsed[0].as_object().at("false_verdicts_per_hour").is_null());
+}
+
+TEST_CASE("end to end: the trial time of lossy trials is read from details") {
+  temp_dir dir;
+  const auto db = dir.file("results.db");
+  {
+    deadpeer::event_store store({.path = db});
+    const auto run = store.begin_run({.started_unix_ms = 1700000000000,
+                                      .version = "test",
+                                      .host = "test",
+                                      .command = "probe run --fault lossy",
+                                      .config_json = "{}"});
+    auto trial = [&](int n, const std::string& outcome, const std::string& details) {
+      deadpeer::trial_record r;
+      r.run_id = run;
+      r.trial = n;
+      r.fault = "lossy";
+      r.config_key = "lossy-key";
+      r.keepalive = "system";
+      r.heartbeat_interval_ms = 100;
+      r.detector = "fixed 250ms (3 x 100ms)";
+      r.bound_ms = -1;
+      r.fault_mono_ns = 1'000'000'000;
+      r.latency_ms = -1;
+      r.latency_ms_exact = -1;
+      if (outcome == "premature") {
+        r.latency_ms_exact = 1500;
+        r.latency_ms = 1500;
+        r.detected_mono_ns = r.fault_mono_ns + 1'500'000'000;
+        r.detected_by = "heartbeat";
+      }
+      r.outcome = outcome;
+      r.details = details;
+      store.record(r);
+    };
+    trial(1, "premature", R"({"duration_ms": 5000, "observed_ms": 1500, "verdict": {}})");
+    trial(2, "survived", R"({"duration_ms": 5000, "observed_ms": 5000.5})");
+    trial(3, "survived", "");  // an empty details column stands for {}: no trial time
+    store.flush();
+  }
+  std::string description;
+  const auto rows = load_trials(db, {}, description);
+  REQUIRE(rows.size() == 3);
+  CHECK(rows[0].trial_time_ms == 1500);
+  CHECK(rows[1].trial_time_ms == 5000.5);
+  CHECK_FALSE(rows[2].trial_time_ms);
+  const auto s = summarize(rows);
+  REQUIRE(s.size() == 1);
+  CHECK(s[0].survived == 2);
+  CHECK(s[0].premature == 1);
+  CHECK(s[0].trial_time_ms == Approx(6500.5));
+  CHECK(*s[0].false_verdicts_per_hour == Approx(3'600'000 / 6500.5));
 }
