@@ -8,6 +8,7 @@
 #include "connect_faults.hpp"
 #include "cli.hpp"
 #include "early_reject.hpp"
+#include "embedded_server.hpp"
 #include "http_client.hpp"
 #include "lab.hpp"
 #include "noise_faults.hpp"
@@ -45,65 +46,6 @@ namespace json = boost::json;
 namespace fs = std::filesystem;
 using std::chrono::milliseconds;
 using tcp = asio::ip::tcp;
-
-// An embedded heartbeat-server on its own io_context thread.
-class embedded_server {
- public:
-  embedded_server(const experiment_config& config, const lab::network* network)
-      : dir_(fs::temp_directory_path() /
-             ("deadpeer-probe-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++))) {
-    fs::create_directories(dir_);
-    deadpeer::server_options o;
-    const auto listen_address = network ? network->topo().server_addr : "127.0.0.1";
-    o.listen = {asio::ip::make_address(listen_address), 0};
-    o.control = tcp::endpoint{asio::ip::make_address("127.0.0.1"), 0};
-    o.db_path = (dir_ / "server.db").string();
-    o.keepalive = config.server_keepalive();
-    o.heartbeat = config.heartbeat.has_value();
-    const auto interval = config.heartbeat.value_or(milliseconds(1000));
-    o.min_interval = std::min(milliseconds(10), interval);
-    o.default_interval = interval;
-    o.max_interval = interval;  // the victim asks for exactly this; dead-after must exceed it
-    o.detector = config.detector_settings();
-    o.reap_interval = embedded_reap_interval;
-    o.end_on_eof = config.fault != "half-close";
-    auto create = [&] { server_ = std::make_unique<deadpeer::server>(io_, o); };
-    // Inside the lab the listener (and the control API) belong to the server namespace.
-    if (network)
-      network->in_server_ns(create);
-    else
-      create();
-    server_->start();
-    port_ = server_->local_endpoint().port();
-    control_port_ = server_->control_endpoint()->port();
-    thread_ = std::thread([this] { io_.run(); });
-  }
-
-  ~embedded_server() {
-    std::promise<void> stopped;
-    asio::post(io_, [&] { server_->stop([&] { stopped.set_value(); }); });
-    (void)stopped.get_future().wait_for(std::chrono::seconds(10));
-    io_.stop();
-    thread_.join();
-    server_.reset();
-    std::error_code ignored;
-    fs::remove_all(dir_, ignored);
-  }
-  embedded_server(const embedded_server&) = delete;
-  embedded_server& operator=(const embedded_server&) = delete;
-
-  unsigned short port() const { return port_; }
-  unsigned short control_port() const { return control_port_; }
-
- private:
-  static inline int counter_ = 0;
-  fs::path dir_;
-  asio::io_context io_;
-  std::unique_ptr<deadpeer::server> server_;
-  std::thread thread_;
-  unsigned short port_ = 0;
-  unsigned short control_port_ = 0;
-};
 
 // Where the server is and how to ask it for events.
 struct server_access {
@@ -182,32 +124,6 @@ long unread_bytes(unsigned short victim_port) {
   long recv_q = 0;
   fields >> recv_q;
   return recv_q;
-}
-
-// A heartbeat client (`probe connect`) as a child process, in the victim namespace when
-// there is a lab, returned once steady: connected and, with heartbeats, two heartbeats
-// acknowledged, so the fault can follow the third at once.
-std::unique_ptr<child_process> start_steady_client(const lab::network* network,
-                                                   const std::string& probe_path,
-                                                   const std::string& server, const std::string& id,
-                                                   const experiment_config& config,
-                                                   const std::vector<std::string>& extra) {
-  std::vector<std::string> argv =
-      network ? network->victim_exec_prefix() : std::vector<std::string>{};
-  for (const auto& a : std::vector<std::string>{
-           probe_path, "connect", "--server", server, "--id", id, "--verbose", "--lab-signals",
-           "--heartbeat", config.heartbeat ? deadpeer::format_duration(*config.heartbeat) : "off"})
-    argv.push_back(a);
-  argv.insert(argv.end(), extra.begin(), extra.end());
-  auto client = std::make_unique<child_process>(argv);
-  if (!client->wait_for_line("connected to", std::chrono::seconds(10)))
-    throw std::runtime_error("the client " + id + " did not connect to " + server +
-                             "; it printed: " + client->output());
-  if (config.heartbeat)
-    for (int beats = 0; beats < 3; ++beats)
-      if (!client->wait_for_line("rtt ", *config.heartbeat * 5 + std::chrono::seconds(2)))
-        throw std::runtime_error("the client " + id + " never became steady: " + client->output());
-  return client;
 }
 
 // heartbeat-server beside probe (build tree or install), else on PATH.

@@ -7,6 +7,7 @@
 
 #include "child_process.hpp"
 #include "cli.hpp"
+#include "embedded_server.hpp"
 #include "http_client.hpp"
 #include "lab.hpp"
 
@@ -104,108 +105,6 @@ class verdict_watch {
   std::condition_variable changed_;
   std::vector<json::object> ends_;
 };
-
-// The embedded heartbeat-server under test, on its own io_context thread.
-class noise_server {
- public:
-  noise_server(const experiment_config& config, const lab::network* network, verdict_watch& watch)
-      : dir_(fs::temp_directory_path() / ("deadpeer-probe-noise-" + std::to_string(::getpid()))),
-        network_(network) {
-    fs::create_directories(dir_);
-    deadpeer::server_options o;
-    o.listen = {asio::ip::make_address(network ? network->topo().server_addr : "127.0.0.1"), 0};
-    o.control = tcp::endpoint{asio::ip::make_address("127.0.0.1"), 0};
-    o.db_path = (dir_ / "server.db").string();
-    o.keepalive = config.server_keepalive();
-    o.heartbeat = true;
-    const auto interval = *config.heartbeat;
-    o.min_interval = std::min(milliseconds(10), interval);
-    o.default_interval = interval;
-    o.max_interval = interval;
-    o.detector = config.detector_settings();
-    o.reap_interval = embedded_reap_interval;
-    o.on_event = [&watch](const std::string& text) { watch.on_event(text); };
-    auto create = [&] { server_ = std::make_unique<deadpeer::server>(io_, o); };
-    if (network)
-      network->in_server_ns(create);  // the listener and the control API live in the lab
-    else
-      create();
-    server_->start();
-    port_ = server_->local_endpoint().port();
-    control_port_ = server_->control_endpoint()->port();
-    thread_ = std::thread([this] { io_.run(); });
-  }
-
-  ~noise_server() {
-    std::promise<void> stopped;
-    asio::post(io_, [&] { server_->stop([&] { stopped.set_value(); }); });
-    (void)stopped.get_future().wait_for(std::chrono::seconds(10));
-    io_.stop();
-    thread_.join();
-    server_.reset();
-    std::error_code ignored;
-    fs::remove_all(dir_, ignored);
-  }
-  noise_server(const noise_server&) = delete;
-  noise_server& operator=(const noise_server&) = delete;
-
-  std::string address() const {
-    return network_ ? network_->topo().server_addr : std::string("127.0.0.1");
-  }
-  unsigned short port() const { return port_; }
-
-  /// The server's row of /connections for `client_id`, or null when it holds none.
-  json::value connection(const std::string& client_id) const {
-    http_response r;
-    auto get = [&] { r = http_get("127.0.0.1", control_port_, "/connections", milliseconds(5000)); };
-    try {
-      if (network_)
-        network_->in_server_ns(get);
-      else
-        get();
-      if (r.status != 200) return nullptr;
-      const auto list = json::parse(r.body);
-      for (const auto& c : list.as_array())
-        if (c.as_object().at("client_id").as_string() == client_id) return c;
-    } catch (const std::exception&) {
-    }
-    return nullptr;
-  }
-
- private:
-  fs::path dir_;
-  const lab::network* network_;
-  asio::io_context io_;
-  std::unique_ptr<deadpeer::server> server_;
-  std::thread thread_;
-  unsigned short port_ = 0;
-  unsigned short control_port_ = 0;
-};
-
-// The victim: `probe connect` heartbeating at the configured interval (in the lab's victim
-// namespace for lossy), returned once it is steady (three answered PINGs).
-std::unique_ptr<child_process> start_victim(const experiment_config& config,
-                                            const lab::network* network, const noise_server& server,
-                                            const std::string& id) {
-  std::vector<std::string> argv = network ? network->victim_exec_prefix() : std::vector<std::string>{};
-  const auto generous = config.duration + milliseconds(60'000);
-  for (const auto& a : std::vector<std::string>{
-           self_executable(), "connect", "--server",
-           deadpeer::format_endpoint(tcp::endpoint(asio::ip::make_address(server.address()),
-                                                   server.port())),
-           "--id", id, "--verbose", "--lab-signals", "--heartbeat",
-           deadpeer::format_duration(*config.heartbeat), "--dead-after",
-           deadpeer::format_duration(generous)})
-    argv.push_back(a);
-  auto victim = std::make_unique<child_process>(argv);
-  if (!victim->wait_for_line("connected to", std::chrono::seconds(10)))
-    throw std::runtime_error("the victim " + id + " did not connect; it printed: " +
-                             victim->output());
-  for (int beats = 0; beats < 3; ++beats)
-    if (!victim->wait_for_line("rtt ", *config.heartbeat * 5 + std::chrono::seconds(2)))
-      throw std::runtime_error("the victim " + id + " never became steady: " + victim->output());
-  return victim;
-}
 
 // What the victim said during the trial: its answered PINGs and whether it saw its end.
 struct victim_log {
@@ -367,7 +266,8 @@ std::vector<trial_result> run_noise_experiment(const experiment_config& config,
     network = std::make_unique<lab::network>();
   }
   verdict_watch watch;
-  noise_server server(config, network.get(), watch);
+  embedded_server server(config, network.get(),
+                         [&watch](const std::string& text) { watch.on_event(text); });
   deadpeer::event_store store({.path = config.db});
   const std::string detector_text = config.detector_description();
 
@@ -379,7 +279,12 @@ std::vector<trial_result> run_noise_experiment(const experiment_config& config,
                            "-" + std::to_string(r.trial) + "-" + config.fault;
     std::unique_ptr<child_process> victim;
     try {
-      victim = start_victim(config, network.get(), server, id);
+      // The victim's own detector never fires within the trial: only the server's is measured.
+      victim = start_steady_client(
+          network.get(), self_executable(),
+          deadpeer::format_endpoint(
+              tcp::endpoint(asio::ip::make_address(server.address()), server.port())),
+          id, config, {"--dead-after", deadpeer::format_duration(config.duration + milliseconds(60'000))});
     } catch (const std::runtime_error&) {
       if (interrupted()) break;  // Ctrl-C during warm-up: no trial happened
       throw;
