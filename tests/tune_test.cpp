@@ -9,7 +9,8 @@
 
 #include <catch2/catch.hpp>
 
-#include <regex>
+#include <cctype>
+#include <sstream>
 
 using namespace std::chrono_literals;
 using std::chrono::milliseconds;
@@ -23,10 +24,25 @@ std::string text_of(const std::vector<probe::recipe>& recipes, std::string_view 
   return {};
 }
 
+// The whole number printed after `label` (spaces skipped).
 long long number_after(const std::string& text, const std::string& label) {
-  std::smatch m;
-  REQUIRE(std::regex_search(text, m, std::regex(label + R"(\s*(\d+))")));
-  return std::stoll(m[1]);
+  const auto at = text.find(label);
+  REQUIRE(at != std::string::npos);
+  auto digits = at + label.size();
+  while (digits < text.size() && text[digits] == ' ') ++digits;
+  REQUIRE(digits < text.size());
+  REQUIRE(std::isdigit(static_cast<unsigned char>(text[digits])));
+  return std::stoll(text.substr(digits));
+}
+
+// The word after `label` ("--keepalive 1m:20s:3" -> "1m:20s:3").
+std::string word_after(const std::string& text, const std::string& label) {
+  const auto at = text.find(label);
+  REQUIRE(at != std::string::npos);
+  std::istringstream rest(text.substr(at + label.size()));
+  std::string word;
+  rest >> word;
+  return word;
 }
 
 }  // namespace
@@ -67,10 +83,8 @@ TEST_CASE("tune: the recipes print the proposal's own numbers") {
 
   // probe wrap's line, parsed back, is the proposal.
   const auto wrap = text_of(recipes, "wrap");
-  std::smatch m;
-  REQUIRE(std::regex_search(wrap, m, std::regex(R"(--keepalive (\S+) --user-timeout (\S+) --)")));
-  auto parsed = deadpeer::parse_keepalive(m[1].str());
-  parsed.user_timeout = deadpeer::parse_duration(m[2].str());
+  auto parsed = deadpeer::parse_keepalive(word_after(wrap, "--keepalive "));
+  parsed.user_timeout = deadpeer::parse_duration(word_after(wrap, "--user-timeout "));
   CHECK(deadpeer::resolve(parsed, {}) == s);
   CHECK_THAT(wrap, Catch::Contains("probe doctor --pid"));
 }
