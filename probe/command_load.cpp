@@ -34,6 +34,7 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <numeric>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -138,6 +139,14 @@ load_settings parse_settings(const std::vector<std::string>& args, bool& help) {
       ("storm", po::value<double>()->default_value(0)->value_name("RATE"),
        "during the measured window, reconnect RATE clients per second: reset the socket "
        "without BYE and connect again at once with the same client id")  //
+      ("storm-burst", po::value<long long>()->value_name("N"),
+       "when the measured window starts, drop N established clients at once (reset, no BYE) "
+       "and let each connect again within --storm-window, no handshake cap: the reconnect "
+       "storm after a server or network blip. Reports the handshake rate, failures by cause "
+       "and the time until all N are back")  //
+      ("storm-window", po::value<std::string>()->default_value("0s")->value_name("DURATION"),
+       "with --storm-burst: each dropped client reconnects at an instant drawn uniformly from "
+       "this window (0s: all at once)")  //
       ("server-pid", po::value<int>()->value_name("PID"),
        "measure this server process through /proc/PID: memory, CPU, descriptors")  //
       ("control", po::value<std::string>()->value_name("HOST:PORT"),
@@ -219,6 +228,19 @@ load_settings parse_settings(const std::vector<std::string>& args, bool& help) {
   if (!(s.engine.storm_per_s >= 0) || !std::isfinite(s.engine.storm_per_s))
     throw usage_error("--storm " + format_rate(s.engine.storm_per_s) +
                       ": give a number of reconnects per second, 0 or more");
+  if (vm.count("storm-burst") != 0) {
+    const auto burst = vm["storm-burst"].as<long long>();
+    if (burst < 1 || static_cast<unsigned long long>(burst) > s.engine.connections)
+      throw usage_error("--storm-burst " + std::to_string(burst) +
+                        ": give at least 1 and at most --connections");
+    s.engine.burst = static_cast<std::size_t>(burst);
+  }
+  s.engine.burst_window = deadpeer::parse_duration(vm["storm-window"].as<std::string>());
+  if (!vm["storm-window"].defaulted() && s.engine.burst == 0)
+    throw usage_error("--storm-window goes with --storm-burst");
+  if (s.engine.burst_window.count() < 0 || s.engine.burst_window >= s.duration - s.settle)
+    throw usage_error("--storm-window " + vm["storm-window"].as<std::string>() +
+                      " must end before the hold does (--duration less --settle)");
   if (vm.count("server-pid") != 0) {
     s.server_pid = vm["server-pid"].as<int>();
     if (s.server_pid < 1 || !std::filesystem::exists("/proc/" + std::to_string(s.server_pid)))
@@ -321,7 +343,7 @@ class timeline {
       window_started_ = true;
       held_at_settle_ = held;
       if (s_.server_pid != 0) settled_ = load::sample_server(s_.server_pid);
-      a.start_storm = s_.engine.storm_per_s > 0;
+      a.start_storm = s_.engine.storm_per_s > 0 || s_.engine.burst > 0;
     }
     if (window_started_ && !window_ended_ && now_ns >= hold_end_ns_) {
       window_ended_ = true;
@@ -571,6 +593,12 @@ std::vector<std::string> child_arguments(const load_settings& s, std::size_t ind
         list += (list.empty() ? "" : ",") + load::format_ipv4(sources[a]);
     argv.insert(argv.end(), {"--source-addresses", list});
   }
+  // The storm burst is shared in proportion to each child's clients (the shares add up).
+  const auto n = s.engine.connections;
+  const auto burst_share = s.engine.burst * (first + count) / n - s.engine.burst * first / n;
+  if (burst_share > 0)
+    argv.insert(argv.end(), {"--storm-burst", std::to_string(burst_share), "--storm-window",
+                             deadpeer::format_duration(s.engine.burst_window)});
   return argv;
 }
 
@@ -742,9 +770,11 @@ json::object report_json(const load_settings& s, const run_outcome& outcome,
   json::array sources;
   for (const auto a : s.engine.source_addresses)
     sources.push_back(json::string(load::format_ipv4(a)));
-  json::object failures, verdicts;
+  json::object failures, verdicts, burst_failures;
   for (const auto& [k, n] : r.handshake_failures)
     failures[k] = n;
+  for (const auto& [k, n] : r.burst_failures)
+    burst_failures[k] = n;
   for (const auto& [k, n] : r.verdicts)
     verdicts[k] = n;
   return {
@@ -777,6 +807,20 @@ json::object report_json(const load_settings& s, const run_outcome& outcome,
       {"verdicts", std::move(verdicts)},
       {"storm_disconnects", r.storm_disconnects},
       {"reconnects", r.reconnects},
+      {"storm_burst",
+       {{"requested", s.engine.burst},
+        {"window_ms", s.engine.burst_window.count()},
+        {"dropped", r.burst_dropped},
+        {"back", r.burst_back},
+        {"handshake_rate_per_s", r.burst_rate_per_s()},
+        {"all_back_ms", r.burst_all_back_ms()},
+        {"last_back_ms", r.burst_dropped > 0 && r.burst_back > 0
+                             ? static_cast<double>(r.burst_last_back_ns - r.burst_start_ns) / 1e6
+                             : -1.0},
+        {"failures_total",
+         std::accumulate(r.burst_failures.begin(), r.burst_failures.end(), std::uint64_t{0},
+                         [](std::uint64_t a, const auto& kv) { return a + kv.second; })},
+        {"failures", std::move(burst_failures)}}},
       {"closed_gracefully", r.closed_gracefully},
       {"close_timeouts", r.close_timeouts},
       {"server_process", phases.server_json()},
@@ -817,6 +861,18 @@ void print_table(const json::object& o, std::ostream& out) {
   if (d(o.at("storm_per_s")) > 0)
     out << "  storm        " << u("storm_disconnects") << " resets, " << u("reconnects")
         << " reconnected\n";
+  const auto& burst = o.at("storm_burst").as_object();
+  if (burst.at("requested").as_uint64() > 0) {
+    const auto all_back = d(burst.at("all_back_ms"));
+    out << "  storm burst  " << burst.at("dropped").as_uint64() << " dropped at once, "
+        << burst.at("back").as_uint64() << " back ("
+        << (all_back >= 0
+                ? "all within " + fixed(all_back / 1000, 3) + " s"
+                : "not all: last back after " + fixed(d(burst.at("last_back_ms")) / 1000, 3) + " s")
+        << ", window " << deadpeer::format_duration(milliseconds(burst.at("window_ms").as_int64()))
+        << "), " << fixed(d(burst.at("handshake_rate_per_s")), 0)
+        << " handshakes/s; failures: " << counts_text(burst.at("failures").as_object()) << "\n";
+  }
   out << "  close        " << u("closed_gracefully") << " graceful, " << u("close_timeouts")
       << " timed out\n";
   const auto& server = o.at("server_process").as_object();

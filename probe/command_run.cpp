@@ -7,6 +7,7 @@
 #include "http_client.hpp"
 #include "lab.hpp"
 #include "noise_faults.hpp"
+#include "teardown_faults.hpp"
 
 #include <deadpeer/config_error.hpp>
 #include <deadpeer/duration.hpp>
@@ -258,6 +259,35 @@ int syn_retries_from(const po::variables_map& vm, const std::string& fault) {
   return n;
 }
 
+// fin-drop, fin-wait2, time-wait: the teardown sysctls of the server namespace
+// (teardown_faults.hpp).
+void add_teardown_options(po::options_description& o) {
+  o.add_options()  //
+      ("orphan-retries", po::value<int>()->default_value(2)->value_name("N"),
+       "fin-drop: net.ipv4.tcp_orphan_retries in the server's network namespace (0..8; 0 is "
+       "the kernel's 8, about 105s a trial; 2 ends the orphan after about 3.3s)")  //
+      ("fin-timeout", po::value<std::string>()->default_value("2s")->value_name("DURATION"),
+       "fin-wait2: net.ipv4.tcp_fin_timeout in the server's network namespace (whole seconds, "
+       "1s..120s; Linux's default is 60s). 2s sits on the timer wheel's 32ms grid at HZ 250, "
+       "3s..16s on its 256ms grid");
+}
+
+void teardown_from(const po::variables_map& vm, experiment_config& c) {
+  const bool teardown = is_teardown_fault(c.fault);
+  if (!vm["orphan-retries"].defaulted() && c.fault != "fin-drop")
+    throw usage_error("--orphan-retries goes with --fault fin-drop");
+  if (!vm["fin-timeout"].defaulted() && c.fault != "fin-wait2")
+    throw usage_error("--fin-timeout goes with --fault fin-wait2");
+  c.orphan_retries = vm["orphan-retries"].as<int>();
+  c.fin_timeout = deadpeer::parse_duration(vm["fin-timeout"].as<std::string>());
+  if (!teardown) return;
+  if (c.orphan_retries < 0 || c.orphan_retries > 8)
+    throw usage_error("--orphan-retries " + std::to_string(c.orphan_retries) + " is outside 0..8");
+  if (c.fin_timeout < milliseconds(1000) || c.fin_timeout > milliseconds(120'000) ||
+      c.fin_timeout.count() % 1000 != 0)
+    throw usage_error("--fin-timeout must be whole seconds within 1s..120s");
+}
+
 // Target mode: a server probe did not write.
 void add_target_options(po::options_description& o) {
   o.add_options()  //
@@ -392,6 +422,10 @@ int command_run(const std::vector<std::string>& args) {
   po::options_description connect_options("syn-drop, synack-drop, backlog-full: connect() that is never answered");
   add_connect_options(connect_options);
   options.add(connect_options);
+  po::options_description teardown_options(
+      "fin-drop, fin-wait2, time-wait: how long a close the peer never finishes lingers");
+  add_teardown_options(teardown_options);
+  options.add(teardown_options);
   po::options_description reject_options(
       "early-reject: an upload answered early, and what the client reads");
   add_early_reject_options(reject_options, false);
@@ -413,6 +447,7 @@ int command_run(const std::vector<std::string>& args) {
   auto config = base_config(vm);
   config.target = target_from(vm);
   config.syn_retries = syn_retries_from(vm, config.fault);
+  teardown_from(vm, config);
   config.server_close = server_close_from(vm, config.fault, false).front();
   (void)noise_from(vm, config, false);
   config.heartbeat = parse_heartbeat(vm["heartbeat"].as<std::string>());
@@ -485,6 +520,10 @@ int command_sweep(const std::vector<std::string>& args) {
   po::options_description connect_options("syn-drop, synack-drop, backlog-full: connect() that is never answered");
   add_connect_options(connect_options);
   options.add(connect_options);
+  po::options_description teardown_options(
+      "fin-drop, fin-wait2, time-wait: how long a close the peer never finishes lingers");
+  add_teardown_options(teardown_options);
+  options.add(teardown_options);
   po::variables_map vm;
   if (!parse_command_line(args, options, {},
                           "Usage: probe sweep --fault cable-pull --keepalive 1s:1s:3,2s:1s:5 "
@@ -496,6 +535,7 @@ int command_sweep(const std::vector<std::string>& args) {
     return exit_ok;
   auto base = base_config(vm, true);
   base.syn_retries = syn_retries_from(vm, base.fault);
+  teardown_from(vm, base);
   const auto loss_rates = noise_from(vm, base, true);
   std::vector<std::optional<deadpeer::keepalive_options>> keepalives{std::nullopt};
   if (vm.count("keepalive") != 0) {

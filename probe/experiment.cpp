@@ -13,6 +13,7 @@
 #include "lab.hpp"
 #include "noise_faults.hpp"
 #include "target.hpp"
+#include "teardown_faults.hpp"
 #include "wire_observer.hpp"
 
 #include <deadpeer/cause.hpp>
@@ -256,6 +257,8 @@ std::vector<trial_result> run_experiment(const experiment_config& config, std::i
         "with the embedded server (drop --server)");
 
   if (config.target) return run_target_experiment(config, run_id, first_trial, progress);
+  if (is_teardown_fault(config.fault))
+    return run_teardown_experiment(config, run_id, first_trial, progress);
   if (is_connect_fault(config.fault)) return run_connect_experiment(config, run_id, first_trial, progress);
   if (config.fault == "early-reject")
     return run_early_reject_experiment(config, run_id, first_trial, progress);

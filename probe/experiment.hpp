@@ -12,6 +12,7 @@
 #include <deadpeer/detector.hpp>
 #include <deadpeer/keepalive.hpp>
 #include <deadpeer/store.hpp>
+#include <deadpeer/teardown_bound.hpp>
 
 #include <boost/asio/ip/tcp.hpp>
 
@@ -68,6 +69,13 @@ struct experiment_config {
   /// Connect faults: the SYN retry sysctls as read in the lab (set by the trial loop);
   /// nullopt: this namespace's tcp_syn_linear_timeouts stands in for the lab's.
   std::optional<deadpeer::syn_retry_settings> syn_settings;
+  /// Teardown faults (teardown_faults.hpp): net.ipv4.tcp_orphan_retries (fin-drop) and
+  /// tcp_fin_timeout (fin-wait2) set in the server namespace (--orphan-retries, --fin-timeout).
+  int orphan_retries = 2;
+  std::chrono::milliseconds fin_timeout{2000};
+  /// Teardown faults: the settings as read in the lab and the connection's RTO (set by the
+  /// trial loop); nullopt: this namespace's sysctls with the two above.
+  std::optional<deadpeer::teardown_settings> teardown;
   /// early-reject (early_reject.hpp): how the server closes after its early answer,
   /// naive (close() with the body unread: RST) or graceful (FIN, drain, close).
   std::string server_close = "naive";

@@ -7,6 +7,7 @@
 #include "cli.hpp"
 #include "connect_faults.hpp"
 #include "noise_faults.hpp"
+#include "teardown_faults.hpp"
 
 #include <deadpeer/detector.hpp>
 #include <deadpeer/duration.hpp>
@@ -65,6 +66,17 @@ const std::vector<fault_kind>& fault_kinds() {
       {"backlog-full",
        "a listener that never accepts, its queue full: new SYNs are dropped, connect() fails",
        true, false, false},
+      {"fin-drop",
+       "the server closes and the victim's ACK of its FIN is lost: the orphan in FIN_WAIT1 "
+       "retransmits its FIN until tcp_orphan_retries (--orphan-retries) end it",
+       true, false, false},
+      {"fin-wait2",
+       "the server closes, the victim acknowledges but its own FIN is lost: FIN_WAIT2 until "
+       "tcp_fin_timeout (--fin-timeout)",
+       true, false, false},
+      {"time-wait",
+       "a complete close by the server: TIME_WAIT for its fixed 60s (TCP_TIMEWAIT_LEN)", true,
+       false, false},
   };
   return kinds;
 }
@@ -92,6 +104,7 @@ milliseconds experiment_config::effective_dead_after() const {
 
 std::string experiment_config::config_key() const {
   if (is_connect_fault(fault)) return connect_config_key(*this);
+  if (is_teardown_fault(fault)) return teardown_config_key(*this);
   if (target)
     return "target=" +
            (target->command.empty() ? target->address->address().to_string() + ":" +
@@ -131,6 +144,7 @@ std::string experiment_config::detector_description() const {
 
 std::optional<milliseconds> experiment_config::bound() const {
   if (target) return std::nullopt;  // its settings are what is being found out
+  if (is_teardown_fault(fault)) return teardown_bound_of(*this).latest;  // teardown_faults.hpp
   if (fault == "syn-drop" || fault == "synack-drop" || fault == "backlog-full")
     return connect_bound_of(*this).latest;  // connect_faults.hpp
   if (fault == "early-reject") return std::nullopt;
@@ -141,10 +155,14 @@ std::optional<milliseconds> experiment_config::bound() const {
   const auto kernel = deadpeer::compute_bound(k, defaults);
   std::optional<milliseconds> heartbeat_bound;
   if (heartbeat) {
-    // The detector's verdict after a fresh arrival, plus one interval of timer slack.
+    // The detector's verdict after the last arrival, which comes before the fault or at
+    // most a round trip after it (a frame in flight). A fixed timeout is exact, so a round
+    // trip and scheduling are all the slack it needs; phi's verdict depends on the history
+    // it learned, so it gets one interval more.
     const std::chrono::steady_clock::time_point start{};
     const auto d = deadpeer::make_detector(detector_settings(), start);
-    heartbeat_bound = std::chrono::ceil<milliseconds>(d->dead_at() - start) + *heartbeat;
+    heartbeat_bound = std::chrono::ceil<milliseconds>(d->dead_at() - start) +
+                      (detector == "phi" ? *heartbeat : kernel_notice_bound);
   }
   auto smallest = [](std::optional<milliseconds> a, std::optional<milliseconds> b) {
     if (!a) return b;

@@ -142,6 +142,15 @@ class network {
   std::optional<std::string> read_victim_sysctl(const std::string& key) const;
   std::optional<std::string> read_server_sysctl(const std::string& key) const;
 
+  /// Teardown faults (lab_teardown.cpp): an nftables table `inet teardown_fault` in the
+  /// victim namespace (apart from the cable-pull and connect tables) drops what the victim
+  /// sends: everything (drop_victim_output: the ACK of the server's FIN is lost) or only its
+  /// segments with FIN set (drop_victim_fins: it acknowledges the server's FIN, its own is
+  /// lost). heal_teardown_faults() removes the table. Throws lab_error.
+  void drop_victim_output();
+  void drop_victim_fins();
+  void heal_teardown_faults();
+
   /// Runs fn on the calling thread while that thread is inside the server namespace
   /// (setns(CLONE_NEWNET) on a saved fd), then returns it to its original namespace even if
   /// fn throws. Sockets created in fn stay in the server namespace: this is how an embedded

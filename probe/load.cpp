@@ -187,6 +187,17 @@ std::uint64_t process_result::verdicts_total() const {
   return sum(verdicts);
 }
 
+double process_result::burst_rate_per_s() const {
+  if (burst_back == 0 || burst_last_back_ns <= burst_start_ns) return 0;
+  return static_cast<double>(burst_back) * 1e9 /
+         static_cast<double>(burst_last_back_ns - burst_start_ns);
+}
+
+double process_result::burst_all_back_ms() const {
+  if (burst_dropped == 0 || burst_back < burst_dropped) return -1;
+  return static_cast<double>(burst_last_back_ns - burst_start_ns) / 1e6;
+}
+
 double process_result::handshake_rate_per_s() const {
   const auto ramp_ns = ramp_end_ns - ramp_start_ns;
   if (ramp_ns <= 0) return 0;
@@ -203,6 +214,16 @@ void process_result::merge(const process_result& o) {
   ramp_end_ns = std::max(ramp_end_ns, o.ramp_end_ns);
   storm_disconnects += o.storm_disconnects;
   reconnects += o.reconnects;
+  // Several processes share the host's monotonic clock: the burst spans all of theirs.
+  if (o.burst_dropped > 0) {
+    burst_start_ns =
+        burst_dropped == 0 ? o.burst_start_ns : std::min(burst_start_ns, o.burst_start_ns);
+    burst_last_back_ns = std::max(burst_last_back_ns, o.burst_last_back_ns);
+  }
+  burst_dropped += o.burst_dropped;
+  burst_back += o.burst_back;
+  for (const auto& [key, n] : o.burst_failures)
+    burst_failures[key] += n;
   held_at_end += o.held_at_end;
   closed_gracefully += o.closed_gracefully;
   close_timeouts += o.close_timeouts;
@@ -226,6 +247,11 @@ json::object process_result::to_json() const {
           {"ramp_end_ns", ramp_end_ns},
           {"storm_disconnects", storm_disconnects},
           {"reconnects", reconnects},
+          {"burst_dropped", burst_dropped},
+          {"burst_back", burst_back},
+          {"burst_start_ns", burst_start_ns},
+          {"burst_last_back_ns", burst_last_back_ns},
+          {"burst_failures", counts_json(burst_failures)},
           {"held_at_end", held_at_end},
           {"closed_gracefully", closed_gracefully},
           {"close_timeouts", close_timeouts},
@@ -250,6 +276,11 @@ process_result process_result::from_json(const json::object& o) {
   r.ramp_end_ns = i64("ramp_end_ns");
   r.storm_disconnects = u64("storm_disconnects");
   r.reconnects = u64("reconnects");
+  r.burst_dropped = u64("burst_dropped");
+  r.burst_back = u64("burst_back");
+  r.burst_start_ns = i64("burst_start_ns");
+  r.burst_last_back_ns = i64("burst_last_back_ns");
+  r.burst_failures = counts_from_json(o.at("burst_failures"));
   r.held_at_end = u64("held_at_end");
   r.closed_gracefully = u64("closed_gracefully");
   r.close_timeouts = u64("close_timeouts");
@@ -275,6 +306,7 @@ enum class conn_state : std::uint8_t {
   closing,   // our BYE / DISCONNECT sent and write side shut: waiting for the server's FIN
   draining,  // the server said ERROR or BYE: write side shut, reading to its FIN
   done,
+  burst_wait,  // dropped by the storm burst: its timer says when it connects again
 };
 
 // One client. Kept small: at 19.5k per process it is the generator's whole footprint.
@@ -291,6 +323,7 @@ struct connection {
   std::uint32_t max_frame = wire::handshake_max_frame;
   conn_state state = conn_state::unopened;
   bool reconnect = false;  // opened again by the storm
+  bool burst = false;      // dropped by the storm burst, not yet back or failed
 };
 
 struct timer_entry {
@@ -352,6 +385,7 @@ struct engine::impl {
   std::int64_t storm_start_ns = 0;
   std::uint64_t storm_done = 0;
   std::size_t storm_cursor = 0;
+  bool burst_done = false;
 
   bool stop_requested = false;
   bool stopping = false;
@@ -434,6 +468,8 @@ struct engine::impl {
         ++result.handshake_failures[reason];
         ++prog.failed;
         initial_resolved(c);
+        if (c.burst) ++result.burst_failures[reason];
+        c.burst = false;
         break;
       case conn_state::established:
         ++result.verdicts[reason];
@@ -548,6 +584,11 @@ struct engine::impl {
     // The wait starts when the handshake completes for the client (protocol §6).
     c.ping_due_ns =
         now + static_cast<std::int64_t>(jitter(rng) * static_cast<double>(interval_ns(c)));
+    if (c.burst) {
+      ++result.burst_back;
+      result.burst_last_back_ns = now;
+      c.burst = false;
+    }
     if (c.reconnect) {
       ++result.reconnects;
     } else {
@@ -602,6 +643,9 @@ struct engine::impl {
       case conn_state::draining:
         close_socket(c, true);
         set_state(c, conn_state::done);
+        break;
+      case conn_state::burst_wait:
+        open(index, now);
         break;
       default:
         break;
@@ -812,6 +856,32 @@ struct engine::impl {
     }
   }
 
+  // The storm burst: every chosen client drops at this instant; each connects again at its
+  // own instant within the window (at once, in this loop turn, when the window is 0).
+  void burst_now(std::int64_t now) {
+    burst_done = true;
+    result.burst_start_ns = now;
+    const auto window_ns = cfg.burst_window.count() * 1'000'000;
+    std::uniform_int_distribution<std::int64_t> spread(0, std::max<std::int64_t>(window_ns, 0));
+    std::vector<std::uint32_t> at_once;
+    for (std::uint32_t index = 0; index < conns.size() && result.burst_dropped < cfg.burst;
+         ++index) {
+      auto& c = conns[index];
+      if (c.state != conn_state::established) continue;
+      ++result.burst_dropped;
+      close_socket(c, true);  // no BYE: the clients all lost their connection together
+      c.reconnect = true;
+      c.burst = true;
+      set_state(c, conn_state::burst_wait);
+      if (window_ns <= 0)
+        at_once.push_back(index);
+      else
+        schedule(index, now + spread(rng));
+    }
+    for (const auto index : at_once)
+      open(index, now);
+  }
+
   std::int64_t next_storm_ns() const {
     if (!storm_active || cfg.storm_per_s <= 0) return std::numeric_limits<std::int64_t>::max();
     return storm_start_ns +
@@ -824,7 +894,11 @@ struct engine::impl {
     result.held_at_end = prog.held;
     for (std::uint32_t index = 0; index < conns.size(); ++index) {
       auto& c = conns[index];
-      if (c.state == conn_state::connecting || c.state == conn_state::handshaking) {
+      if (c.state == conn_state::burst_wait) {
+        ++result.burst_failures["hold ended before it connected again"];
+        c.burst = false;
+        set_state(c, conn_state::done);
+      } else if (c.state == conn_state::connecting || c.state == conn_state::handshaking) {
         lost(index, "hold ended during the handshake", false, now);
       } else if (c.state == conn_state::established) {
         const bool sent = cfg.proto == protocol::deadpeer
@@ -867,6 +941,7 @@ struct engine::impl {
         break;
       }
       if (stop_requested && !stopping) begin_stop(now);
+      if (storm_requested && !burst_done && !stopping && cfg.burst > 0) burst_now(now);
       if (storm_requested && !storm_active && !stopping && cfg.storm_per_s > 0) {
         storm_active = true;
         storm_start_ns = now;

@@ -68,6 +68,12 @@ struct engine_config {
   std::chrono::milliseconds interval{10'000};
   double ramp_per_s = 2000;
   double storm_per_s = 0;
+  /// The storm burst: when the storm starts, this many established clients are dropped at
+  /// once (reset, no BYE) and each connects again at an instant drawn uniformly from
+  /// [0, burst_window] after the drop, without the handshake cap: clients that all lost
+  /// their connection together do not queue for each other.
+  std::size_t burst = 0;
+  std::chrono::milliseconds burst_window{0};
   std::vector<std::uint32_t> source_addresses;  ///< bound round-robin before connect
   std::chrono::milliseconds connect_timeout{5000};
   std::chrono::milliseconds handshake_timeout{5000};
@@ -87,6 +93,12 @@ struct process_result {
   std::int64_t ramp_end_ns = 0;
   std::uint64_t storm_disconnects = 0;
   std::uint64_t reconnects = 0;         ///< storm reconnects that completed the handshake
+  std::uint64_t burst_dropped = 0;      ///< clients the storm burst dropped at once
+  std::uint64_t burst_back = 0;         ///< of which connected again (handshake completed)
+  std::int64_t burst_start_ns = 0;      ///< the drop (monotonic); 0: no burst
+  std::int64_t burst_last_back_ns = 0;  ///< the last of them back
+  /// Burst reconnects that failed, by cause.
+  std::map<std::string, std::uint64_t> burst_failures;
   std::uint64_t held_at_end = 0;        ///< established when the hold ended
   std::uint64_t closed_gracefully = 0;  ///< BYE/DISCONNECT, then the server's FIN in time
   std::uint64_t close_timeouts = 0;     ///< reset after the close bound
@@ -100,6 +112,10 @@ struct process_result {
 
   std::uint64_t handshake_failures_total() const;
   std::uint64_t verdicts_total() const;
+  /// Burst reconnects completed per second from the drop to the last one back; 0 if none.
+  double burst_rate_per_s() const;
+  /// From the drop until every dropped client was back, in ms; -1 if some never came back.
+  double burst_all_back_ms() const;
   /// Connections established per second during the ramp; 0 if it took no time.
   double handshake_rate_per_s() const;
   void merge(const process_result& other);

@@ -72,6 +72,8 @@ std::string describe_configuration(const trial_row& row) {
   if (row.config_key.rfind("target=", 0) == 0) return row.config_key;
   // Connect faults: the SYN retries are the whole configuration (connect_faults.hpp).
   if (row.config_key.rfind("connect ", 0) == 0) return row.config_key.substr(8);
+  // Teardown faults: the state and its sysctl are the whole configuration (teardown_faults.hpp).
+  if (row.config_key.rfind("teardown ", 0) == 0) return row.config_key.substr(9);
   // early-reject: the server's close is the whole configuration.
   if (row.config_key.rfind("server_close=", 0) == 0) return row.config_key;
   std::string text = "ka=" + compact_keepalive(row.keepalive, row.user_timeout_ms);

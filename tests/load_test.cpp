@@ -223,6 +223,35 @@ TEST_CASE("probe load splits 200 clients over 2 processes through a reconnect st
   CHECK(count_rows(db, i64(run.report, "load_run_id"), 200) == 1);
 }
 
+TEST_CASE("probe load --storm-burst drops 500 clients at once and times their return") {
+  heartbeat_server server;
+  // Two processes of 250: each drops its share at the same instant; the report merges them.
+  const auto run = run_probe_load(
+      {"--server",      server.address, "--connections",  "500",   "--interval",  "200ms",
+       "--duration",    "3s",           "--settle",       "600ms", "--processes", "2",
+       "--storm-burst", "500",          "--storm-window", "200ms", "--json",      "--db",
+       "off",           "--control",    server.control});
+  REQUIRE(run.exit_status == 0);
+  INFO(json::serialize(run.report));
+  const auto& burst = run.report.at("storm_burst").as_object();
+  CHECK(u64(burst, "requested") == 500);
+  CHECK(u64(burst, "dropped") == 500);
+  CHECK(u64(burst, "back") == 500);
+  CHECK(u64(burst, "failures_total") == 0);
+  CHECK(u64(run.report, "reconnects") == 500);
+  // The last reconnect was drawn from the whole 200 ms window (max of 500 draws) and all
+  // were back well before the hold ended.
+  const double all_back_ms = burst.at("all_back_ms").as_double();
+  CHECK(all_back_ms > 150);
+  CHECK(all_back_ms < 2000);
+  CHECK(burst.at("last_back_ms").as_double() == Approx(all_back_ms));
+  CHECK(burst.at("handshake_rate_per_s").as_double() == Approx(500 * 1000.0 / all_back_ms));
+  CHECK(u64(run.report, "held_at_end") == 500);
+  CHECK(u64(run.report, "closed_gracefully") == 500);
+  // The server replaced each dropped session (same client id) or reaped it: none left over.
+  CHECK(i64(run.report.at("server_process").as_object(), "live_at_hold_end") == 500);
+}
+
 TEST_CASE("probe load speaks MQTT to mosquitto") {
   const auto mosquitto = mosquitto_binary();
   if (mosquitto.empty()) {
@@ -260,6 +289,10 @@ TEST_CASE("probe load refuses bad input with exit status 2") {
       {"--server", "127.0.0.1:7700", "--connections", "10", "--protocol", "amqp"},
       {"--server", "127.0.0.1:7700", "--connections", "10", "--control", "192.168.1.1:7701"},
       {"--connections", "10"},
+      {"--server", "127.0.0.1:7700", "--connections", "10", "--storm-burst", "11"},
+      {"--server", "127.0.0.1:7700", "--connections", "10", "--storm-window", "1s"},
+      {"--server", "127.0.0.1:7700", "--connections", "10", "--duration", "2s", "--storm-burst",
+       "5", "--storm-window", "5s"},
   };
   for (const auto& options : bad) {
     std::string text;
