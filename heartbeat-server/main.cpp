@@ -11,11 +11,18 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/program_options.hpp>
+#include <boost/system/system_error.hpp>
+#include <boost/version.hpp>
 
+#include <sqlite3.h>
 #include <sys/resource.h>
 
+#include <charconv>
+#include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <sstream>
 
 namespace {
@@ -30,12 +37,35 @@ class usage_error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Printed by --version: what was built, from which commit, against which libraries.
+void print_version(std::ostream& out) {
+  out << "heartbeat-server " << DEADPEER_VERSION << "\n"
+      << "commit " << DEADPEER_GIT_COMMIT << "\n"
+      << "Boost " << BOOST_LIB_VERSION << "\n"
+      << "SQLite " << sqlite3_libversion() << "\n";
+}
+
 milliseconds duration_option(const po::variables_map& vm, const char* name) {
   try {
     return deadpeer::parse_duration(vm[name].as<std::string>());
   } catch (const deadpeer::config_error& e) {
     throw usage_error(std::string("--") + name + ": " + e.what());
   }
+}
+
+// A whole number in [min, max]; Boost would read "-1" as the largest unsigned value.
+std::size_t count_option(const po::variables_map& vm, const char* name, std::size_t min,
+                         std::size_t max) {
+  const auto& text = vm[name].as<std::string>();
+  std::size_t value = 0;
+  const auto* end = text.data() + text.size();
+  const auto [stop, error] = std::from_chars(text.data(), end, value);
+  if (text.empty() || error != std::errc() || stop != end || value < min || value > max)
+    throw usage_error(std::string("--") + name + " \"" + text + "\": expected a whole number " +
+                      (max == std::numeric_limits<std::size_t>::max()
+                           ? "of at least " + std::to_string(min)
+                           : "from " + std::to_string(min) + " to " + std::to_string(max)));
+  return value;
 }
 
 std::string read_token_file(const std::string& path) {
@@ -54,6 +84,8 @@ po::options_description describe_options() {
   po::options_description o("Options (durations take a unit: 250ms, 1.5s, 30s, 5m)");
   o.add_options()                   //
       ("help,h", "show this help")  //
+      ("version", "print the version, the commit it was built from, and the Boost and "
+                  "SQLite versions")  //
       ("config", po::value<std::string>()->value_name("FILE"),
        "read options from FILE: one key = value per line, keys as the long flags without "
        "dashes (listen = 127.0.0.1:7700); flags given on the command line win")  //
@@ -89,7 +121,7 @@ po::options_description describe_options() {
        "fixed detector: dead after X heartbeat intervals of silence (MQTT uses 1.5)")  //
       ("phi-threshold", po::value<double>()->default_value(8.0)->value_name("X"),
        "phi detector: suspicion at which the peer is declared dead")  //
-      ("phi-window", po::value<std::size_t>()->default_value(1000)->value_name("N"),
+      ("phi-window", po::value<std::string>()->default_value("1000")->value_name("N"),
        "phi detector: inter-arrival samples kept")  //
       ("phi-min-std", po::value<std::string>()->default_value("100ms")->value_name("DURATION"),
        "phi detector: floor on the standard deviation")  //
@@ -103,20 +135,21 @@ po::options_description describe_options() {
        "a client's FIN without BYE: end the connection at once (a crash is noticed within a "
        "round trip), or treat it as a half-close and let the reaper end the CLOSE_WAIT "
        "ghost at its next sweep")  //
-      ("max-connections", po::value<std::size_t>()->default_value(10000)->value_name("N"),
+      ("max-connections", po::value<std::string>()->default_value("10000")->value_name("N"),
        "connections held at most; newcomers get ERROR server_full")  //
-      ("max-per-ip", po::value<std::size_t>()->default_value(1000)->value_name("N"),
+      ("max-per-ip", po::value<std::string>()->default_value("1000")->value_name("N"),
        "connections from one IP address at most")  //
       ("auth-token-file", po::value<std::string>()->value_name("FILE"),
        "shared secret (first line of FILE) clients must send in HELLO; without it anyone "
        "may connect")  //
-      ("threads", po::value<unsigned>()->default_value(0)->value_name("N"),
+      ("threads", po::value<std::string>()->default_value("0")->value_name("N"),
        "event loops, each a thread with its own listener (SO_REUSEPORT), timers and "
        "connections; 0: one per core")  //
-      ("reuse-port", "let other heartbeat-server processes listen on the same port "
-                     "(SO_REUSEPORT), to hold more connections than one process's "
-                     "descriptor limit allows")  //
-      ("verbose,v", "print one JSON line per connection end");
+      ("reuse-port", po::bool_switch(),
+       "let other heartbeat-server processes listen on the same port (SO_REUSEPORT), to hold "
+       "more connections than one process's descriptor limit allows")  //
+      ("verbose,v", po::bool_switch(),
+       "print one JSON line per connection end (in --config: verbose = true or false)");
   return o;
 }
 
@@ -130,6 +163,16 @@ deadpeer::server_options build_options(const po::variables_map& vm) {
     o.control = deadpeer::parse_endpoint(control);
   const auto db = vm["db"].as<std::string>();
   o.db_path = db == "off" ? "" : db;
+  if (!o.db_path.empty()) {
+    namespace fs = std::filesystem;
+    const auto parent = fs::path(o.db_path).parent_path();
+    std::error_code ec;
+    if (fs::is_directory(o.db_path, ec))
+      throw usage_error("--db \"" + db + "\" is a directory; give a file name in it, or off");
+    if (!parent.empty() && !fs::is_directory(parent, ec))
+      throw usage_error("--db \"" + db + "\": the directory \"" + parent.string() +
+                        "\" does not exist; create it first, or give a file in an existing one");
+  }
 
   std::optional<deadpeer::keepalive_options> keepalive;
   if (vm.count("preset") != 0)
@@ -152,20 +195,40 @@ deadpeer::server_options build_options(const po::variables_map& vm) {
   o.max_interval = duration_option(vm, "interval-max");
   o.default_interval = duration_option(vm, "interval-default");
 
+  // The phi parameters are checked whichever detector runs: a typo in a config file should
+  // not wait until someone switches to phi to be found.
+  deadpeer::phi_detector_config p;
+  p.interval = o.default_interval;
+  p.threshold = vm["phi-threshold"].as<double>();
+  if (!std::isfinite(p.threshold) || p.threshold <= 0) {
+    std::ostringstream text;
+    text << "--phi-threshold " << p.threshold << ": expected a number above 0, e.g. 8";
+    throw usage_error(text.str());
+  }
+  p.max_samples = count_option(vm, "phi-window", 2, 1'000'000);
+  p.min_std_deviation = duration_option(vm, "phi-min-std");
+  if (p.min_std_deviation <= milliseconds(0))
+    throw usage_error("--phi-min-std " + deadpeer::format_duration(p.min_std_deviation) +
+                      ": expected a positive duration, e.g. 100ms");
+  p.acceptable_pause = duration_option(vm, "phi-pause");
+  if (p.acceptable_pause < milliseconds(0))
+    throw usage_error("--phi-pause " + deadpeer::format_duration(p.acceptable_pause) +
+                      ": expected 0s or more");
+
   const auto detector = vm["detector"].as<std::string>();
   if (detector == "fixed") {
     deadpeer::fixed_detector_config f;
     f.interval = o.default_interval;
     f.multiplier = vm["dead-after-multiplier"].as<double>();
-    if (vm.count("dead-after") != 0) f.timeout = duration_option(vm, "dead-after");
+    if (vm.count("dead-after") != 0) {
+      f.timeout = duration_option(vm, "dead-after");
+      if (f.timeout <= milliseconds(0))
+        throw usage_error("--dead-after " + vm["dead-after"].as<std::string>() +
+                          ": expected a positive duration (leave it out for "
+                          "--dead-after-multiplier x the heartbeat interval)");
+    }
     o.detector = f;
   } else if (detector == "phi") {
-    deadpeer::phi_detector_config p;
-    p.interval = o.default_interval;
-    p.threshold = vm["phi-threshold"].as<double>();
-    p.max_samples = vm["phi-window"].as<std::size_t>();
-    p.min_std_deviation = duration_option(vm, "phi-min-std");
-    p.acceptable_pause = duration_option(vm, "phi-pause");
     o.detector = p;
   } else {
     throw usage_error("--detector \"" + detector + "\": expected fixed or phi");
@@ -176,14 +239,58 @@ deadpeer::server_options build_options(const po::variables_map& vm) {
   if (on_eof != "end" && on_eof != "reap")
     throw usage_error("--on-eof \"" + on_eof + "\": expected end or reap");
   o.end_on_eof = on_eof == "end";
-  o.max_connections = vm["max-connections"].as<std::size_t>();
-  o.max_per_ip = vm["max-per-ip"].as<std::size_t>();
-  o.threads = vm["threads"].as<unsigned>();
-  o.reuse_port = vm.count("reuse-port") != 0;
+  const auto unlimited = std::numeric_limits<std::size_t>::max();
+  o.max_connections = count_option(vm, "max-connections", 1, unlimited);
+  o.max_per_ip = count_option(vm, "max-per-ip", 1, unlimited);
+  o.threads = static_cast<unsigned>(count_option(vm, "threads", 0, 1024));
+  o.reuse_port = vm["reuse-port"].as<bool>();
   if (vm.count("auth-token-file") != 0)
     o.auth_token = read_token_file(vm["auth-token-file"].as<std::string>());
   deadpeer::validate(o);
   return o;
+}
+
+// Stores a config file's options; a file that cannot be read, that names another one, or
+// whose values are malformed is refused, naming the file.
+void store_config(const std::string& path, const po::options_description& options,
+                  po::variables_map& vm) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw usage_error("--config \"" + path + "\" is a directory; give a file of key = value lines");
+  std::ifstream in(path);
+  if (!in) throw usage_error("--config \"" + path + "\": cannot be read");
+  try {
+    auto parsed = po::parse_config_file(in, options);
+    for (const auto& option : parsed.options)
+      if (option.string_key == "config")
+        throw usage_error("--config \"" + path +
+                          "\": a config file cannot name another one (config = ...); "
+                          "give every setting in this file, or on the command line");
+    po::store(parsed, vm);
+  } catch (const po::error& e) {
+    throw usage_error("--config \"" + path + "\": " + e.what());
+  }
+}
+
+// A listener that cannot be opened, said as what to do about it rather than as errno.
+[[noreturn]] void refuse_listen(const boost::system::system_error& e, const po::variables_map& vm) {
+  const bool control = std::string_view(e.what()).starts_with("control API:");
+  const char* flag = control ? "--control" : "--listen";
+  const auto address = vm[control ? "control" : "listen"].as<std::string>();
+  const auto& code = e.code();
+  std::string text = std::string(flag) + " " + address + ": ";
+  if (code == boost::system::errc::address_in_use)
+    text += "the address is in use (another program, or another heartbeat-server, listens on "
+            "it): stop that program, or choose another port (port 0 picks a free one)";
+  else if (code == boost::system::errc::address_not_available)
+    text += "the address is not one of this host's (ip -brief address lists them): use one of "
+            "its addresses, 127.0.0.1 for this host only, or 0.0.0.0 for every interface";
+  else if (code == boost::system::errc::permission_denied)
+    text += "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE; choose a "
+            "port above 1023";
+  else
+    text += "cannot listen: " + code.message();
+  throw usage_error(text);
 }
 
 }  // namespace
@@ -193,13 +300,14 @@ int main(int argc, char** argv) {
   try {
     po::variables_map vm;
     try {
-      po::store(po::parse_command_line(argc, argv, options), vm);
-      if (vm.count("config") != 0) {
-        const auto path = vm["config"].as<std::string>();
-        std::ifstream in(path);
-        if (!in) throw usage_error("--config \"" + path + "\": cannot be read");
-        po::store(po::parse_config_file(in, options), vm);
-      }
+      const auto parsed = po::parse_command_line(argc, argv, options);
+      const auto stray = po::collect_unrecognized(parsed.options, po::include_positional);
+      if (!stray.empty())
+        throw usage_error("unexpected argument \"" + stray.front() +
+                          "\": heartbeat-server takes only options (see --help)");
+      po::store(parsed, vm);
+      if (vm.count("help") == 0 && vm.count("version") == 0 && vm.count("config") != 0)
+        store_config(vm["config"].as<std::string>(), options, vm);
       po::notify(vm);
     } catch (const po::error& e) {
       throw usage_error(std::string(e.what()) + " (see --help)");
@@ -212,7 +320,11 @@ int main(int argc, char** argv) {
                 << options << "\n";
       return 0;
     }
-    const bool verbose = vm.count("verbose") != 0;
+    if (vm.count("version") != 0) {
+      print_version(std::cout);
+      return 0;
+    }
+    const bool verbose = vm["verbose"].as<bool>();
     auto server_options = build_options(vm);
     if (verbose)
       server_options.on_event = [](const std::string& event) { std::cout << event << std::endl; };
@@ -223,7 +335,15 @@ int main(int argc, char** argv) {
       ::setrlimit(RLIMIT_NOFILE, &limit);
     }
     boost::asio::io_context io;
-    deadpeer::server server(io, std::move(server_options));
+    std::optional<deadpeer::server> held;
+    try {
+      held.emplace(io, std::move(server_options));
+    } catch (const boost::system::system_error& e) {
+      refuse_listen(e, vm);
+    } catch (const deadpeer::store_error& e) {
+      throw usage_error(std::string("--db: ") + e.what());
+    }
+    auto& server = *held;
     server.start();
     std::cout << "heartbeat-server listening on " << server.local_endpoint();
     if (const auto control = server.control_endpoint())

@@ -1,5 +1,5 @@
 // probe report: the trials table as a summary per (fault, configuration), in a table for
-// people, CSV or JSON for tools, and optionally a PNG drawn by gnuplot.
+// people, CSV or JSON for tools, and optionally a PNG or SVG drawn by gnuplot.
 //
 // Decisions:
 // - Percentiles are nearest-rank (see nearest_rank): every figure printed is a latency
@@ -34,15 +34,15 @@ int command_report(const std::vector<std::string>& args) {
        "the results database written by probe")  //
       ("format,f", po::value<std::string>()->value_name("FORMAT")->default_value("table"),
        "table (for people), csv (RFC 4180, numbers in ms) or json (an array of objects)")  //
-      ("plot", po::value<std::string>()->value_name("FILE.png"),
+      ("plot", po::value<std::string>()->value_name("FILE.png|FILE.svg"),
        "also draw latency per configuration against its bound, and per detecting layer, "
-       "with gnuplot")  //
+       "with gnuplot: a PNG image, or SVG when FILE ends in .svg")  //
       ("run", po::value<std::string>()->value_name("ID|last|all")->default_value("all"),
        "which runs to include: one run id, the last run, or all");
   po::variables_map vm;
   if (!parse_command_line(
           args, options, {},
-          "Usage: probe report [--db FILE] [--format table|csv|json] [--plot FILE.png]\n"
+          "Usage: probe report [--db FILE] [--format table|csv|json] [--plot FILE.png|.svg]\n"
           "                    [--run ID|last|all]\n\n"
           "Summarizes the trials in the results database per fault and configuration: the\n"
           "number of trials n; p50, p95 and max detection latency over the detected trials\n"
@@ -64,6 +64,10 @@ int command_report(const std::vector<std::string>& args) {
   if (vm.count("plot") != 0) {
     plot = vm["plot"].as<std::string>();
     if (plot->empty()) throw usage_error("--plot needs a file name, e.g. --plot results.png");
+    if (!report::plot_format(*plot))
+      throw usage_error("--plot \"" + *plot +
+                        "\": the name must end in .png (a PNG image) or .svg (SVG), the two "
+                        "formats probe draws");
   }
 
   std::string description;

@@ -17,6 +17,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <iomanip>
 #include <iostream>
@@ -85,12 +86,40 @@ std::vector<std::string> split_list(const std::string& text) {
   return items;
 }
 
+// A sweep list that names one setting twice would run its configuration twice under one
+// label: refused, comparing the settings as parsed ("1s" and "1000ms" are the same).
+template <class Key>
+void refuse_duplicates(const char* option, const std::vector<std::string>& items, Key key) {
+  std::vector<std::pair<std::string, std::string>> seen;  // (parsed, as written)
+  for (const auto& item : items) {
+    const std::string k = key(item);
+    for (const auto& [other_key, other] : seen) {
+      if (other_key != k) continue;
+      const auto what = other == item ? "\"" + item + "\" twice"
+                                      : "\"" + other + "\" and \"" + item + "\", the same setting";
+      throw usage_error(std::string("--") + option + " lists " + what +
+                        ": each configuration is run once; drop the duplicate");
+    }
+    seen.emplace_back(k, item);
+  }
+}
+
 std::optional<milliseconds> parse_heartbeat(const std::string& text) {
   if (text == "off") return std::nullopt;
   const auto d = deadpeer::parse_duration(text);
   if (d < milliseconds(10))
     throw usage_error("--heartbeat " + text + ": below 10ms (write off to disable heartbeats)");
   return d;
+}
+
+// The detector's options only mean something when heartbeats run (`all_off`: none does).
+void refuse_detector_without_heartbeat(const po::variables_map& vm, bool all_off) {
+  if (!all_off) return;
+  for (const char* name : {"detector", "dead-after", "phi-threshold"})
+    if (vm.count(name) != 0 && !vm[name].defaulted())
+      throw usage_error(std::string("--") + name +
+                        " sets the heartbeat's failure detector, but --heartbeat off runs no "
+                        "heartbeat (only the kernel notices): drop one of the two");
 }
 
 std::chrono::milliseconds parse_dead_after(const std::string& text) {
@@ -107,6 +136,10 @@ experiment_config base_config(const po::variables_map& vm, bool sweep = false) {
   c.trials = vm["trials"].as<int>();
   if (c.trials < 1 || c.trials > 1000)
     throw usage_error("--trials " + std::to_string(c.trials) + " is outside 1..1000");
+  if (vm.count("control-port") != 0 && vm.count("server") == 0)
+    throw usage_error("--control-port is the control API port of an external server: give "
+                      "--server HOST:PORT too, or drop it (the embedded server's ports are "
+                      "its own)");
   c.detector = vm["detector"].as<std::string>();
   if (c.detector != "fixed" && c.detector != "phi")
     throw usage_error("--detector \"" + c.detector + "\": expected fixed or phi");
@@ -120,7 +153,13 @@ experiment_config base_config(const po::variables_map& vm, bool sweep = false) {
   if (vm.count("server") != 0) c.server = deadpeer::parse_endpoint(vm["server"].as<std::string>());
   if (vm.count("control-port") != 0)
     c.server_control_port = vm["control-port"].as<unsigned short>();
-  if (vm.count("limit") != 0) c.limit = deadpeer::parse_duration(vm["limit"].as<std::string>());
+  if (vm.count("limit") != 0) {
+    c.limit = deadpeer::parse_duration(vm["limit"].as<std::string>());
+    if (*c.limit <= milliseconds(0))
+      throw usage_error("--limit " + vm["limit"].as<std::string>() +
+                        ": expected a positive duration (leave it out for 3 x bound + 10s, at "
+                        "most 5m)");
+  }
   c.db = vm["db"].as<std::string>();
   c.json = vm.count("json") != 0;
   return c;
@@ -239,6 +278,7 @@ std::vector<std::string> server_close_from(const po::variables_map& vm, const st
   for (const auto& m : modes)
     if (m != "naive" && m != "graceful")
       throw usage_error("--server-close \"" + m + "\": expected naive or graceful");
+  refuse_duplicates("server-close", modes, [](const std::string& m) { return m; });
   return modes;
 }
 
@@ -404,8 +444,12 @@ std::vector<int> noise_from(const po::variables_map& vm, experiment_config& c, b
   c.seed = vm["seed"].as<std::uint64_t>();
   const auto& loss = vm["loss"].as<std::string>();
   std::vector<int> rates;
-  for (const auto& item : sweep ? split_list(loss) : std::vector<std::string>{loss})
+  const auto items = sweep ? split_list(loss) : std::vector<std::string>{loss};
+  for (const auto& item : items)
     rates.push_back(noise::parse_loss(item));
+  refuse_duplicates("loss", items, [](const std::string& item) {
+    return std::to_string(noise::parse_loss(item));
+  });
   c.loss_basis_points = rates.front();
   return rates;
 }
@@ -451,6 +495,7 @@ int command_run(const std::vector<std::string>& args) {
   config.server_close = server_close_from(vm, config.fault, false).front();
   (void)noise_from(vm, config, false);
   config.heartbeat = parse_heartbeat(vm["heartbeat"].as<std::string>());
+  refuse_detector_without_heartbeat(vm, !config.heartbeat);
   if (vm.count("keepalive") != 0)
     config.keepalive = deadpeer::parse_keepalive(vm["keepalive"].as<std::string>());
   adopt_server_keepalive(config, vm.count("keepalive") != 0);
@@ -540,12 +585,25 @@ int command_sweep(const std::vector<std::string>& args) {
   std::vector<std::optional<deadpeer::keepalive_options>> keepalives{std::nullopt};
   if (vm.count("keepalive") != 0) {
     keepalives.clear();
-    for (const auto& spec : split_list(vm["keepalive"].as<std::string>()))
+    const auto specs = split_list(vm["keepalive"].as<std::string>());
+    for (const auto& spec : specs)
       keepalives.push_back(deadpeer::parse_keepalive(spec));
+    refuse_duplicates("keepalive", specs, [](const std::string& spec) {
+      return deadpeer::to_string(deadpeer::parse_keepalive(spec));
+    });
   }
+  const auto heartbeats = split_list(vm["heartbeat"].as<std::string>());
+  auto heartbeat_key = [](const std::string& h) {
+    const auto d = parse_heartbeat(h);
+    return d ? deadpeer::format_duration(*d) : std::string("off");
+  };
+  refuse_duplicates("heartbeat", heartbeats, heartbeat_key);
+  refuse_detector_without_heartbeat(
+      vm, std::all_of(heartbeats.begin(), heartbeats.end(),
+                      [&](const std::string& h) { return heartbeat_key(h) == "off"; }));
   std::vector<experiment_config> grid;
   for (const auto& k : keepalives)
-    for (const auto& h : split_list(vm["heartbeat"].as<std::string>())) {
+    for (const auto& h : heartbeats) {
       auto c = base;
       c.keepalive = k;
       c.heartbeat = parse_heartbeat(h);
@@ -567,8 +625,12 @@ int command_sweep(const std::vector<std::string>& args) {
   std::vector<std::optional<milliseconds>> dead_afters{std::nullopt};
   if (vm.count("dead-after") != 0) {
     dead_afters.clear();
-    for (const auto& text : split_list(vm["dead-after"].as<std::string>()))
+    const auto texts = split_list(vm["dead-after"].as<std::string>());
+    for (const auto& text : texts)
       dead_afters.push_back(parse_dead_after(text));
+    refuse_duplicates("dead-after", texts, [](const std::string& text) {
+      return deadpeer::format_duration(parse_dead_after(text));
+    });
   }
   {
     std::vector<experiment_config> expanded;

@@ -4,6 +4,10 @@
 
 #include <deadpeer/config_error.hpp>
 
+#include <boost/version.hpp>
+
+#include <sqlite3.h>
+
 #include <iostream>
 #include <map>
 
@@ -13,6 +17,7 @@ constexpr std::string_view usage =
     R"(probe: find out how fast dead TCP peers are noticed, and why connections end.
 
 Usage: probe <command> [options]      probe <command> --help for the command's options
+       probe --version                   version, commit, Boost and SQLite versions
        probe --simulate-crash [options]  kill a heartbeating client, measure how fast the
                                          server notices (same as probe run --fault crash)
 
@@ -61,6 +66,13 @@ int main(int argc, char** argv) {
   if (!args.empty() && args[0] == "--simulate-crash") {
     args[0] = "run";
     args.insert(args.begin() + 1, {"--fault", "crash"});
+  }
+  if (args.size() == 1 && args[0] == "--version") {
+    std::cout << "probe " << DEADPEER_VERSION << "\n"
+              << "commit " << DEADPEER_GIT_COMMIT << "\n"
+              << "Boost " << BOOST_LIB_VERSION << "\n"
+              << "SQLite " << sqlite3_libversion() << "\n";
+    return probe::exit_ok;
   }
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     std::cout << usage;

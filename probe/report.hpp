@@ -148,7 +148,11 @@ class plot_error : public std::runtime_error {
 /// The full path of the gnuplot program found on PATH, or nullopt.
 std::optional<std::string> find_gnuplot();
 
-/// Draws `png_path` with gnuplot: (1) each detected trial's latency per configuration on a
+/// The image format a plot file's name asks for: "png" or "svg" (by its extension, in any
+/// case), or nullopt for any other name.
+std::optional<std::string> plot_format(const std::string& path);
+
+/// Draws `png_path` (a PNG, or SVG when plot_format says so) with gnuplot: (1) each detected trial's latency per configuration on a
 /// log scale in seconds, with the promised bound as a bar; (2) the latency distribution per
 /// detecting layer (box and points). Work files live in a temporary directory that is
 /// removed afterwards. Throws plot_error.

@@ -75,7 +75,9 @@ run_selection parse_run_selection(std::string_view text) {
 std::vector<trial_row> load_trials(const std::string& path, const run_selection& selection,
                                    std::string& description) {
   std::error_code ec;
-  if (!fs::exists(path, ec)) throw usage_error(no_results(path));
+  if (!fs::exists(path, ec))
+    throw usage_error(path + " does not exist: no results yet (run probe --simulate-crash first, "
+                      "or give the database with --db FILE)");
   sqlite3* raw = nullptr;
   const int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READONLY, nullptr);
   db_ptr db(raw);

@@ -1,4 +1,4 @@
-// probe report --plot: a PNG drawn by the gnuplot program (one Debian package; the data
+// probe report --plot: a PNG or SVG drawn by the gnuplot program (one Debian package; the data
 // and script it was given can be kept and rerun by hand).
 #include "report.hpp"
 
@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -151,6 +152,15 @@ double plot_seconds(double ms) {
 
 // --- plot ------------------------------------------------------------------------------
 
+std::optional<std::string> plot_format(const std::string& path) {
+  auto extension = fs::path(path).extension().string();
+  for (auto& c : extension)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (extension == ".png") return "png";
+  if (extension == ".svg") return "svg";
+  return std::nullopt;
+}
+
 std::optional<std::string> find_gnuplot() {
   const char* path = std::getenv("PATH");
   std::string_view dirs = path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin";
@@ -213,14 +223,19 @@ void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials
   const auto layers_file = dir.path() / "layers.dat";
   const auto script_file = dir.path() / "plot.gp";
   const auto log_file = dir.path() / "gnuplot.log";
-  const auto image_file = dir.path() / "plot.png";
+  const bool svg = plot_format(png_path) == "svg";
+  const auto image_file = dir.path() / (svg ? "plot.svg" : "plot.png");
   write_text(points_file, points);
   write_text(bounds_file, bounds);
   write_text(layers_file, layers);
 
-  // pngcairo draws antialiased text; the libgd png terminal is the fallback.
-  run_program(gnuplot, {"-e", "set terminal"}, log_file);
-  const bool cairo = read_text(log_file).find("pngcairo") != std::string::npos;
+  // pngcairo draws antialiased text; the libgd png terminal is the fallback. SVG is text,
+  // drawn by gnuplot's own svg terminal.
+  bool cairo = false;
+  if (!svg) {
+    run_program(gnuplot, {"-e", "set terminal"}, log_file);
+    cairo = read_text(log_file).find("pngcairo") != std::string::npos;
+  }
 
   std::string config_tics;
   std::size_t label_height = 1;
@@ -241,9 +256,12 @@ void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials
 
   const std::size_t width = std::clamp<std::size_t>(160 * rows.size() + 200, 1000, 8000);
   std::ostringstream gp;
-  gp << "set terminal " << (cairo ? "pngcairo" : "png") << " size " << width << ",1100"
-     << (cairo ? " font \"sans,10\"" : "") << " noenhanced\n"
-     << "set output " << gp_path(image_file) << "\n"
+  if (svg)
+    gp << "set terminal svg size " << width << ",1100 font \"sans,10\" noenhanced\n";
+  else
+    gp << "set terminal " << (cairo ? "pngcairo" : "png") << " size " << width << ",1100"
+       << (cairo ? " font \"sans,10\"" : "") << " noenhanced\n";
+  gp << "set output " << gp_path(image_file) << "\n"
      << "set multiplot layout 2,1 title " << gp_quoted(title) << "\n"
      << "set logscale y\n"
      << "set format y \"%g\"\n"

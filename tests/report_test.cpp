@@ -477,6 +477,14 @@ TEST_CASE("end to end: a database written by event_store is reported") {
       CHECK(probe::command_report({"--db", db, "--plot", png}) == probe::exit_ok);
       CHECK(starts_with_png_signature(png));
       CHECK(output.out().find("plot written to " + png) != std::string::npos);
+
+      // A name ending in .svg gets SVG from gnuplot's svg terminal, not a PNG misnamed.
+      const auto svg = dir.file("plot.svg");
+      CHECK(probe::command_report({"--db", db, "--plot", svg}) == probe::exit_ok);
+      std::ifstream in(svg);
+      const std::string text{std::istreambuf_iterator<char>(in), {}};
+      CHECK(text.find("<svg") != std::string::npos);
+      CHECK_FALSE(starts_with_png_signature(svg));
     }
   }
   SECTION("without gnuplot the table is still printed, then exit 1 with what to install") {
@@ -507,7 +515,7 @@ TEST_CASE("a missing file or one without trials is a clear usage error") {
   std::string description;
   const auto missing = dir.file("missing.db");
   CHECK_THROWS_WITH(load_trials(missing, {}, description),
-                    "no results in " + missing + ": run probe --simulate-crash first");
+                    Catch::StartsWith(missing + " does not exist: no results yet"));
   CHECK_THROWS_AS(probe::command_report({"--db", missing}), probe::usage_error);
   CHECK_FALSE(fs::exists(missing));  // a read-only report never creates the file
 
@@ -763,4 +771,14 @@ TEST_CASE("end to end: the trial time of lossy trials is read from details") {
   CHECK(s[0].premature == 1);
   CHECK(s[0].trial_time_ms == Approx(6500.5));
   CHECK(*s[0].false_verdicts_per_hour == Approx(3'600'000 / 6500.5));
+}
+
+TEST_CASE("report: --plot draws the format its name asks for, and no other") {
+  CHECK(probe::report::plot_format("latency.png") == "png");
+  CHECK(probe::report::plot_format("out/Latency.PNG") == "png");
+  CHECK(probe::report::plot_format("latency.svg") == "svg");
+  CHECK_FALSE(probe::report::plot_format("latency.gif"));
+  CHECK_FALSE(probe::report::plot_format("latency"));
+  CHECK_THROWS_WITH(probe::command_report({"--plot", "latency.jpg"}),
+                    Catch::Contains("\"latency.jpg\"") && Catch::Contains(".svg"));
 }
