@@ -69,10 +69,11 @@ struct served_connection {
     // The server accepts in its own time: wait for its side to exist.
     const auto accepted_by = std::chrono::steady_clock::now() + 10s;
     while (std::chrono::steady_clock::now() < accepted_by) {
+      // Wrapped, the library writes its line after its setsockopt calls on the first accept:
+      // read the log first, so the socket's snapshot is taken after the options were set.
+      const bool announced = !announces || read_file(log).find("deadpeer-preload") != std::string::npos;
       server_side = diag.find(server_end, client.local_endpoint());
-      // Wrapped, the library's line comes with the first accept.
-      if (server_side && (!announces || read_file(log).find("deadpeer-preload") != std::string::npos))
-        break;
+      if (server_side && announced) break;
       std::this_thread::sleep_for(20ms);
     }
   }
