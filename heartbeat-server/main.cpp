@@ -94,7 +94,8 @@ po::options_description describe_options() {
        "address for heartbeat clients; [::1]:7700 for IPv6; port 0 picks a free port")  //
       ("control",
        po::value<std::string>()->default_value("127.0.0.1:7701")->value_name("HOST:PORT"),
-       "HTTP control API (/status, /connections, /events, /metrics); \"off\" disables it")  //
+       "HTTP control API (/status, /connections, /events, /metrics, /arrivals); \"off\" "
+       "disables it")  //
       ("db", po::value<std::string>()->default_value("deadpeer.db")->value_name("FILE"),
        "SQLite file that records every connection's end; \"off\" records nothing")  //
       ("keepalive,k", po::value<std::string>()->value_name("SPEC"),
@@ -113,8 +114,17 @@ po::options_description describe_options() {
        "largest heartbeat interval granted; slower requests are lowered to it")  //
       ("interval-default", po::value<std::string>()->default_value("1s")->value_name("DURATION"),
        "interval granted to a client that asks for 0 (server's choice)")  //
-      ("detector", po::value<std::string>()->default_value("fixed")->value_name("fixed|phi"),
-       "failure detector: fixed (dead after a silence) or phi (phi accrual, adapts to jitter)")  //
+      ("detector", po::value<std::string>()->default_value("adaptive")->value_name("adaptive|fixed|phi"),
+       "failure detector: adaptive (dead after the longest silence the link has shown lately, "
+       "with a margin; see docs/detectors.md), fixed (dead after a set silence; implied by "
+       "--dead-after and --dead-after-multiplier) or phi (phi accrual)")  //
+      ("adaptive-margin", po::value<double>()->default_value(1.0)->value_name("X"),
+       "adaptive detector: how far beyond the longest silence seen it waits on a link just met "
+       "(fades as more of the link is seen)")  //
+      ("adaptive-memory", po::value<std::string>()->default_value("20h")->value_name("DURATION"),
+       "adaptive detector: how long the longest silence is remembered")  //
+      ("adaptive-max", po::value<double>()->default_value(10.0)->value_name("X"),
+       "adaptive detector: never waits longer than X heartbeat intervals (its worst case)")  //
       ("dead-after", po::value<std::string>()->value_name("DURATION"),
        "fixed detector: silence that means dead (default: --dead-after-multiplier x interval)")  //
       ("dead-after-multiplier", po::value<double>()->default_value(3.0)->value_name("X"),
@@ -145,6 +155,13 @@ po::options_description describe_options() {
       ("threads", po::value<std::string>()->default_value("0")->value_name("N"),
        "event loops, each a thread with its own listener (SO_REUSEPORT), timers and "
        "connections; 0: one per core")  //
+      ("record-arrivals", po::value<std::string>()->default_value("0")->value_name("N"),
+       "record heartbeat arrival traces to tune the failure detector on your links (probe "
+       "qos --from-db): keep the last N arrival times of each recorded connection (8 bytes "
+       "each, at most 1000000), served by GET /arrivals and written to the --db arrivals "
+       "table when it ends; 0: off")  //
+      ("record-sample", po::value<std::string>()->default_value("1")->value_name("K"),
+       "with --record-arrivals, record one established connection in K (1: all)")  //
       ("reuse-port", po::bool_switch(),
        "let other heartbeat-server processes listen on the same port (SO_REUSEPORT), to hold "
        "more connections than one process's descriptor limit allows")  //
@@ -215,8 +232,30 @@ deadpeer::server_options build_options(const po::variables_map& vm) {
     throw usage_error("--phi-pause " + deadpeer::format_duration(p.acceptable_pause) +
                       ": expected 0s or more");
 
-  const auto detector = vm["detector"].as<std::string>();
-  if (detector == "fixed") {
+  deadpeer::adaptive_detector_config a;
+  a.interval = o.default_interval;
+  a.margin = vm["adaptive-margin"].as<double>();
+  if (!std::isfinite(a.margin) || a.margin < 0)
+    throw usage_error("--adaptive-margin: expected a number of 0 or more, e.g. 1");
+  const auto memory = duration_option(vm, "adaptive-memory");
+  if (memory < std::chrono::minutes(1))
+    throw usage_error("--adaptive-memory " + vm["adaptive-memory"].as<std::string>() +
+                      ": expected at least 1m, e.g. 20h");
+  a.memory = std::chrono::duration_cast<std::chrono::minutes>(memory);
+  a.max_multiplier = vm["adaptive-max"].as<double>();
+  if (!std::isfinite(a.max_multiplier) || a.max_multiplier < a.min_multiplier)
+    throw usage_error("--adaptive-max: expected a number of at least " + std::to_string(a.min_multiplier).substr(0, 3) +
+                      " (heartbeat intervals), e.g. 10");
+
+  auto detector = vm["detector"].as<std::string>();
+  const bool fixed_options = vm.count("dead-after") != 0 || !vm["dead-after-multiplier"].defaulted();
+  if (vm["detector"].defaulted() && fixed_options) detector = "fixed";  // implied
+  if (detector != "fixed" && fixed_options)
+    throw usage_error("--dead-after and --dead-after-multiplier set the fixed detector; they do not apply to --detector " +
+                      detector);
+  if (detector == "adaptive") {
+    o.detector = a;
+  } else if (detector == "fixed") {
     deadpeer::fixed_detector_config f;
     f.interval = o.default_interval;
     f.multiplier = vm["dead-after-multiplier"].as<double>();
@@ -231,7 +270,7 @@ deadpeer::server_options build_options(const po::variables_map& vm) {
   } else if (detector == "phi") {
     o.detector = p;
   } else {
-    throw usage_error("--detector \"" + detector + "\": expected fixed or phi");
+    throw usage_error("--detector \"" + detector + "\": expected adaptive, fixed or phi");
   }
   o.handshake_timeout = duration_option(vm, "handshake-timeout");
   o.reap_interval = duration_option(vm, "reap-interval");
@@ -244,6 +283,8 @@ deadpeer::server_options build_options(const po::variables_map& vm) {
   o.max_per_ip = count_option(vm, "max-per-ip", 1, unlimited);
   o.threads = static_cast<unsigned>(count_option(vm, "threads", 0, 1024));
   o.reuse_port = vm["reuse-port"].as<bool>();
+  o.record_arrivals = count_option(vm, "record-arrivals", 0, deadpeer::max_record_arrivals);
+  o.record_sample = count_option(vm, "record-sample", 1, unlimited);
   if (vm.count("auth-token-file") != 0)
     o.auth_token = read_token_file(vm["auth-token-file"].as<std::string>());
   deadpeer::validate(o);
@@ -326,6 +367,10 @@ int main(int argc, char** argv) {
     }
     const bool verbose = vm["verbose"].as<bool>();
     auto server_options = build_options(vm);
+    if (server_options.record_arrivals != 0 && server_options.db_path.empty())
+      std::cerr << "heartbeat-server: note: --record-arrivals with --db off: the traces are "
+                   "served by GET /arrivals while connections live, and kept nowhere after"
+                << std::endl;
     if (verbose)
       server_options.on_event = [](const std::string& event) { std::cout << event << std::endl; };
 

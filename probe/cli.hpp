@@ -58,5 +58,6 @@ int command_load(const std::vector<std::string>& args);
 int command_speak(const std::vector<std::string>& args);
 int command_wrap(const std::vector<std::string>& args);
 int command_doctor(const std::vector<std::string>& args);
+int command_qos(const std::vector<std::string>& args);
 
 }  // namespace probe

@@ -55,8 +55,9 @@ void add_experiment_options(po::options_description& o, bool sweep) {
              : "kernel keepalive on the server's sockets, idle:interval:count[:user_timeout]")  //
       ("user-timeout,u", po::value<std::string>()->value_name("DURATION"),
        "TCP_USER_TIMEOUT on the server's sockets")  //
-      ("detector", po::value<std::string>()->default_value("fixed")->value_name("fixed|phi"),
-       "failure detector on the server")  //
+      ("detector", po::value<std::string>()->default_value("fixed")->value_name("fixed|phi|adaptive"),
+       "failure detector on the server (heartbeat-server's own default is adaptive; the lab's "
+       "is fixed, whose bound is exact)")  //
       ("dead-after", po::value<std::string>()->value_name(sweep ? "LIST" : "DURATION"),
        sweep ? "fixed detector: silences that mean dead to try, comma-separated, e.g. "
                "250ms,500ms,1s (default: 3 x heartbeat)"
@@ -141,8 +142,11 @@ experiment_config base_config(const po::variables_map& vm, bool sweep = false) {
                       "--server HOST:PORT too, or drop it (the embedded server's ports are "
                       "its own)");
   c.detector = vm["detector"].as<std::string>();
-  if (c.detector != "fixed" && c.detector != "phi")
-    throw usage_error("--detector \"" + c.detector + "\": expected fixed or phi");
+  if (c.detector != "fixed" && c.detector != "phi" && c.detector != "adaptive")
+    throw usage_error("--detector \"" + c.detector + "\": expected fixed, phi or adaptive");
+  if (c.detector != "fixed" && vm.count("dead-after") != 0)
+    throw usage_error("--dead-after sets the fixed detector's silence; it does not apply to --detector " +
+                      c.detector);
   if (vm.count("dead-after") != 0 && !sweep)  // a sweep takes a list (command_sweep)
     c.dead_after = parse_dead_after(vm["dead-after"].as<std::string>());
   c.phi_threshold = vm["phi-threshold"].as<double>();

@@ -23,6 +23,9 @@ namespace fs = std::filesystem;
 using std::chrono::milliseconds;
 using tcp = asio::ip::tcp;
 
+// Arrivals kept per victim: far more than a trial brings (10000 are 83 min at 500 ms), 80 kB.
+constexpr std::size_t embedded_record_arrivals = 10000;
+
 embedded_server::embedded_server(const experiment_config& config, const lab::network* network,
                                  std::function<void(const std::string&)> on_event)
     : dir_(fs::temp_directory_path() /
@@ -32,7 +35,8 @@ embedded_server::embedded_server(const experiment_config& config, const lab::net
   deadpeer::server_options o;
   o.listen = {asio::ip::make_address(address()), 0};
   o.control = tcp::endpoint{asio::ip::make_address("127.0.0.1"), 0};
-  o.db_path = (dir_ / "server.db").string();
+  o.db_path = config.db.empty() ? (dir_ / "server.db").string() : config.db;
+  o.record_arrivals = embedded_record_arrivals;
   o.keepalive = config.server_keepalive();
   o.heartbeat = config.heartbeat.has_value();
   const auto interval = config.heartbeat.value_or(milliseconds(1000));

@@ -9,6 +9,10 @@
 //   victim runs in the victim namespace. Without a lab both use 127.0.0.1.
 // - A victim is returned only once steady: connected, and with heartbeats three answered
 //   PINGs, so a fault can follow at once.
+// - The server records into the experiment's results database (--db), not a file of its
+//   own: each victim's end is a `connections` row, and its heartbeat arrivals (the last
+//   10000, every victim) an `arrivals` row, so `probe qos --from-db results.db` replays the
+//   lab's own links. Only without a results database does it keep a temporary one.
 #pragma once
 
 #include "experiment.hpp"

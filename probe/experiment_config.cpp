@@ -10,6 +10,7 @@
 #include "teardown_faults.hpp"
 
 #include <deadpeer/detector.hpp>
+#include <deadpeer/engine.hpp>
 #include <deadpeer/duration.hpp>
 #include <deadpeer/keepalive.hpp>
 
@@ -118,8 +119,10 @@ std::string experiment_config::config_key() const {
   key += " heartbeat=" + (heartbeat ? deadpeer::format_duration(*heartbeat) : "off");
   if (heartbeat) {
     key += " detector=" + detector;
-    key += detector == "phi" ? " phi=" + std::to_string(phi_threshold)
-                             : " dead_after=" + deadpeer::format_duration(effective_dead_after());
+    if (detector == "phi")
+      key += " phi=" + std::to_string(phi_threshold);
+    else if (detector == "fixed")
+      key += " dead_after=" + deadpeer::format_duration(effective_dead_after());
   }
   if (fault == "lossy" || fault == "stall") key += " " + noise_key(*this);
   if (server) key += " server=external";
@@ -128,6 +131,11 @@ std::string experiment_config::config_key() const {
 
 deadpeer::detector_config experiment_config::detector_settings() const {
   const auto interval = heartbeat.value_or(milliseconds(1000));
+  if (detector == "adaptive") {
+    deadpeer::adaptive_detector_config a;
+    a.interval = interval;
+    return a;
+  }
   if (detector == "phi") {
     deadpeer::phi_detector_config p;
     p.interval = interval;
@@ -163,6 +171,9 @@ std::optional<milliseconds> experiment_config::bound() const {
     const auto d = deadpeer::make_detector(detector_settings(), start);
     heartbeat_bound = std::chrono::ceil<milliseconds>(d->dead_at() - start) +
                       (detector == "phi" ? *heartbeat : kernel_notice_bound);
+    // The adaptive detector learns: its promise is its cap (what WELCOME announces).
+    if (detector == "adaptive")
+      heartbeat_bound = deadpeer::dead_after_for(detector_settings(), *heartbeat) + kernel_notice_bound;
   }
   auto smallest = [](std::optional<milliseconds> a, std::optional<milliseconds> b) {
     if (!a) return b;

@@ -39,6 +39,8 @@ Commands:
             (LD_PRELOAD): probe wrap --keepalive 60s:10s:5 -- myserver
   doctor    diagnose this host's TCP connections: CLOSE_WAIT leaks, idle connections
             without keepalive (ghosts), silent peers, with the worst case to notice each
+  qos       replay heartbeat traces through failure detectors: time to detect a crash
+            against false verdicts per hour; tunes a detector on your own recorded links
 
 Target mode (a server you did not write, e.g. an MQTT broker):
   probe run --fault cable-pull --target-cmd "mosquitto -c my.conf" --target-port 1883 \
@@ -60,6 +62,7 @@ int main(int argc, char** argv) {
       {"sweep", probe::command_sweep},     {"report", probe::command_report},
       {"load", probe::command_load},       {"speak", probe::command_speak},
       {"wrap", probe::command_wrap},       {"doctor", probe::command_doctor},
+      {"qos", probe::command_qos},
   };
   std::vector<std::string> args(argv + 1, argv + argc);
   // The experiment users run first: probe --simulate-crash [options] = probe run --fault crash.

@@ -5,6 +5,8 @@
 // formatting and plotting are separate steps around it.
 #pragma once
 
+#include "gnuplot.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -139,18 +141,14 @@ run_selection parse_run_selection(std::string_view text);
 std::vector<trial_row> load_trials(const std::string& path, const run_selection& selection,
                                    std::string& description);
 
-/// Plotting failed (gnuplot error, unwritable output file); what() says why.
-class plot_error : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
+/// Plotting failed (gnuplot error, unwritable output file); what() says why. The plot
+/// helpers are gnuplot.hpp's, shared with probe qos.
+using probe::plot_error;
 /// The full path of the gnuplot program found on PATH, or nullopt.
-std::optional<std::string> find_gnuplot();
-
+using gnuplot::find_gnuplot;
 /// The image format a plot file's name asks for: "png" or "svg" (by its extension, in any
 /// case), or nullopt for any other name.
-std::optional<std::string> plot_format(const std::string& path);
+using gnuplot::plot_format;
 
 /// Draws `png_path` (a PNG, or SVG when plot_format says so) with gnuplot: (1) each detected trial's latency per configuration on a
 /// log scale in seconds, with the promised bound as a bar; (2) the latency distribution per

@@ -2,19 +2,12 @@
 // and script it was given can be kept and rerun by hand).
 #include "report.hpp"
 
-#include "child_process.hpp"
+#include "gnuplot.hpp"
 #include "report_text.hpp"
 
-#include <stdlib.h>
-#include <sys/wait.h>
-
 #include <algorithm>
-#include <cctype>
-#include <cerrno>
 #include <cmath>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -26,90 +19,15 @@ namespace probe {
 namespace report {
 namespace {
 
-namespace fs = std::filesystem;
 using detail::number_text;
 using detail::printf_text;
 
-// --- processes and files for the plot ---------------------------------------------------
-
-/// A fresh private directory, removed with its contents when this object ends.
-class temp_directory {
- public:
-  temp_directory() {
-    std::error_code ec;
-    auto base = fs::temp_directory_path(ec);
-    if (ec) base = "/tmp";
-    std::string name = (base / "deadpeer-report-XXXXXX").string();
-    if (::mkdtemp(name.data()) == nullptr)
-      throw plot_error("cannot create a temporary directory in " + base.string() + ": " +
-                       std::strerror(errno));
-    path_ = name;
-  }
-  ~temp_directory() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  temp_directory(const temp_directory&) = delete;
-  temp_directory& operator=(const temp_directory&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-/// Runs `program` with `args`, stdout and stderr into `log`, through probe's one spawn
-/// helper. Returns true when it exited with status 0 within two minutes.
-bool run_program(const std::string& program, const std::vector<std::string>& args,
-                 const fs::path& log) {
-  std::vector<std::string> argv{program};
-  argv.insert(argv.end(), args.begin(), args.end());
-  std::optional<int> status;
-  try {
-    child_process child(argv, log.string());
-    status = child.wait(std::chrono::minutes(2));
-  } catch (const std::system_error& e) {
-    throw plot_error("cannot run " + program + ": " + e.what());
-  }
-  if (!status) throw plot_error(program + " did not finish within 2 minutes");
-  return WIFEXITED(*status) && WEXITSTATUS(*status) == 0;
-}
-
-std::string read_text(const fs::path& file) {
-  std::ifstream in(file);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-void write_text(const fs::path& file, const std::string& text) {
-  std::ofstream out(file);
-  out << text;
-  if (!out.flush()) throw plot_error("cannot write " + file.string());
-}
-
-/// A gnuplot double-quoted string (escapes work, "\n" breaks the line).
-std::string gp_quoted(std::string_view text) {
-  std::string out = "\"";
-  for (const char c : text) {
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out + '"';
-}
-
-/// A gnuplot single-quoted string, for file names (no escapes; '' is a quote).
-std::string gp_path(const fs::path& path) {
-  std::string out = "'";
-  for (const char c : path.string()) {
-    if (c == '\'') out += '\'';
-    out += c;
-  }
-  return out + '\'';
-}
+// The temporary directory, the gnuplot run and the quoting are gnuplot.hpp's, shared with
+// probe qos --plot.
+using gnuplot::temp_directory;
+using gnuplot::write_text;
+constexpr auto gp_quoted = gnuplot::quoted;
+constexpr auto gp_path = gnuplot::quoted_path;
 
 /// The configuration one setting per line, for a tic label: splits at the spaces that
 /// separate settings, not at those inside "(fixed 3s)".
@@ -152,31 +70,6 @@ double plot_seconds(double ms) {
 
 // --- plot ------------------------------------------------------------------------------
 
-std::optional<std::string> plot_format(const std::string& path) {
-  auto extension = fs::path(path).extension().string();
-  for (auto& c : extension)
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (extension == ".png") return "png";
-  if (extension == ".svg") return "svg";
-  return std::nullopt;
-}
-
-std::optional<std::string> find_gnuplot() {
-  const char* path = std::getenv("PATH");
-  std::string_view dirs = path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin";
-  while (true) {
-    const auto colon = dirs.find(':');
-    std::string dir(dirs.substr(0, colon));
-    if (dir.empty()) dir = ".";
-    const auto candidate = fs::path(dir) / "gnuplot";
-    std::error_code ec;
-    if (fs::is_regular_file(candidate, ec) && ::access(candidate.c_str(), X_OK) == 0)
-      return candidate.string();
-    if (colon == std::string_view::npos) return std::nullopt;
-    dirs.remove_prefix(colon + 1);
-  }
-}
-
 void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials,
                 const std::vector<summary_row>& rows, const std::string& png_path,
                 std::string_view title) {
@@ -217,7 +110,7 @@ void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials
       layers += number_text(values[k]) + " " + number_text(jitter(k)) + "\n";
   }
 
-  temp_directory dir;
+  temp_directory dir("deadpeer-report");
   const auto points_file = dir.path() / "trials.dat";
   const auto bounds_file = dir.path() / "bounds.dat";
   const auto layers_file = dir.path() / "layers.dat";
@@ -229,13 +122,6 @@ void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials
   write_text(bounds_file, bounds);
   write_text(layers_file, layers);
 
-  // pngcairo draws antialiased text; the libgd png terminal is the fallback. SVG is text,
-  // drawn by gnuplot's own svg terminal.
-  bool cairo = false;
-  if (!svg) {
-    run_program(gnuplot, {"-e", "set terminal"}, log_file);
-    cairo = read_text(log_file).find("pngcairo") != std::string::npos;
-  }
 
   std::string config_tics;
   std::size_t label_height = 1;
@@ -256,11 +142,7 @@ void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials
 
   const std::size_t width = std::clamp<std::size_t>(160 * rows.size() + 200, 1000, 8000);
   std::ostringstream gp;
-  if (svg)
-    gp << "set terminal svg size " << width << ",1100 font \"sans,10\" noenhanced\n";
-  else
-    gp << "set terminal " << (cairo ? "pngcairo" : "png") << " size " << width << ",1100"
-       << (cairo ? " font \"sans,10\"" : "") << " noenhanced\n";
+  gp << probe::gnuplot::terminal_line(gnuplot, svg, width, 1100, log_file);
   gp << "set output " << gp_path(image_file) << "\n"
      << "set multiplot layout 2,1 title " << gp_quoted(title) << "\n"
      << "set logscale y\n"
@@ -296,13 +178,7 @@ void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials
      << "unset multiplot\n";
   write_text(script_file, gp.str());
 
-  if (!run_program(gnuplot, {script_file.string()}, log_file))
-    throw plot_error("gnuplot failed to draw " + png_path + ":\n" + read_text(log_file));
-  std::error_code ec;
-  if (!fs::exists(image_file, ec) || fs::file_size(image_file, ec) == 0)
-    throw plot_error("gnuplot drew nothing for " + png_path + ":\n" + read_text(log_file));
-  fs::copy_file(image_file, png_path, fs::copy_options::overwrite_existing, ec);
-  if (ec) throw plot_error("cannot write " + png_path + ": " + ec.message());
+  probe::gnuplot::draw(gnuplot, script_file, image_file, png_path, log_file);
 }
 
 }  // namespace report

@@ -94,6 +94,26 @@ TEST_CASE("heartbeat-server refuses bad command lines with exit 2, naming the va
     CHECK(a.exit_code == 2);
     CHECK_THAT(a.output, Contains("--phi-min-std 0s: expected a positive duration"));
   }
+  SECTION("fixed-detector options with another detector, and bad adaptive parameters") {
+    auto a = server({"--detector", "adaptive", "--dead-after", "3s"});
+    CHECK(a.exit_code == 2);
+    CHECK_THAT(a.output, Contains("do not apply to --detector adaptive"));
+    a = server({"--detector", "phi", "--dead-after-multiplier", "2"});
+    CHECK(a.exit_code == 2);
+    CHECK_THAT(a.output, Contains("do not apply to --detector phi"));
+    a = server({"--adaptive-margin", "-1"});
+    CHECK(a.exit_code == 2);
+    CHECK_THAT(a.output, Contains("--adaptive-margin: expected a number of 0 or more"));
+    a = server({"--adaptive-memory", "10s"});
+    CHECK(a.exit_code == 2);
+    CHECK_THAT(a.output, Contains("--adaptive-memory 10s: expected at least 1m"));
+    a = server({"--adaptive-max", "1"});
+    CHECK(a.exit_code == 2);
+    CHECK_THAT(a.output, Contains("--adaptive-max: expected a number of at least 1.1"));
+    a = server({"--detector", "nope"});
+    CHECK(a.exit_code == 2);
+    CHECK_THAT(a.output, Contains("expected adaptive, fixed or phi"));
+  }
   SECTION("--db in a directory that does not exist") {
     const auto db = dir.file("no-such-dir/deadpeer.db");
     const auto a = server({"--db", db});
@@ -111,6 +131,27 @@ TEST_CASE("heartbeat-server refuses bad command lines with exit 2, naming the va
     const auto a = server({"--config", path});
     CHECK(a.exit_code == 2);
     CHECK_THAT(a.output, Contains(path) && Contains("cannot name another one"));
+  }
+  SECTION("--record-arrivals and --record-sample out of range or not numbers") {
+    auto a = server({"--record-arrivals", "-1"});
+    CHECK(a.exit_code == 2);
+    CHECK_THAT(a.output,
+               Contains("--record-arrivals \"-1\": expected a whole number from 0 to 1000000"));
+    a = server({"--record-arrivals", "lots"});
+    CHECK(a.exit_code == 2);
+    CHECK_THAT(a.output, Contains("--record-arrivals \"lots\""));
+    a = server({"--record-arrivals", "1000001"});
+    CHECK(a.exit_code == 2);
+    CHECK_THAT(a.output, Contains("--record-arrivals \"1000001\""));
+    a = server({"--record-arrivals", "100", "--record-sample", "0"});
+    CHECK(a.exit_code == 2);
+    CHECK_THAT(a.output, Contains("--record-sample \"0\": expected a whole number of at least 1"));
+  }
+  SECTION("record-arrivals in a config file") {
+    const auto path = write_file(dir, "server.conf", "record-arrivals = -5\n");
+    const auto a = server({"--config", path});
+    CHECK(a.exit_code == 2);
+    CHECK_THAT(a.output, Contains("--record-arrivals \"-5\""));
   }
   SECTION("a boolean in a config file that is not one") {
     const auto path = write_file(dir, "server.conf", "verbose = maybe\n");

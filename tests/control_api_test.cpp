@@ -55,6 +55,19 @@ class fake_source : public control_source {
     return out;
   }
 
+  // Session 7 is the one recorded connection; the arguments of the last call are kept.
+  std::optional<std::string> arrival_times_json(std::uint64_t session_id, std::uint64_t since,
+                                                std::size_t limit) override {
+    const std::lock_guard lock(mutex_);
+    last_arrivals_query_ = {session_id, since, limit};
+    if (session_id != 7) return std::nullopt;
+    return R"({"session_id":7,"times_ms":[0.000,1000.250]})";
+  }
+  std::array<std::uint64_t, 3> last_arrivals_query() {
+    const std::lock_guard lock(mutex_);
+    return last_arrivals_query_;
+  }
+
   void on_next_event(std::function<void()> notify) override {
     const std::lock_guard lock(mutex_);
     notify_.push_back(std::move(notify));
@@ -100,6 +113,7 @@ class fake_source : public control_source {
   std::vector<std::function<void()>> notify_;
   int registrations_ = 0;
   int queries_ = 0;
+  std::array<std::uint64_t, 3> last_arrivals_query_{};
 };
 
 /// The API on 127.0.0.1:<ephemeral>, its io_context on a background thread. Teardown
@@ -257,6 +271,9 @@ TEST_CASE_METHOD(api_fixture, "each route returns its body with its content type
       {"/connections", "application/json", connections_body},
       {"/metrics", "text/plain; version=0.0.4; charset=utf-8", metrics_body},
       {"/events", "application/json", R"({"events":[],"next":0})"},
+      // The source's default: nothing recorded.
+      {"/arrivals", "application/json",
+       R"({"record_arrivals":0,"record_sample":1,"connections":[]})"},
   };
   for (const auto& e : routes) {
     SECTION(e.target) {
@@ -406,6 +423,11 @@ TEST_CASE_METHOD(api_fixture, "bad parameters are refused with a JSON error nami
       {"/events?since=1&&wait=1", "empty parameter"},
       {"/status?since=1", "since"},
       {"/metrics?x", "x"},
+      {"/arrivals?session_id=abc", "session_id"},
+      {"/arrivals?session_id=1&session_id=2", "session_id"},
+      {"/arrivals?since=1", "since needs session_id"},
+      {"/arrivals?session_id=1&wait=1", "wait"},
+      {"/events?session_id=1", "session_id"},
   };
   for (const auto& c : cases) {
     SECTION(c.target) {
@@ -421,6 +443,22 @@ TEST_CASE_METHOD(api_fixture, "bad parameters are refused with a JSON error nami
       CHECK(client.get("/status").status() == 200);
     }
   }
+}
+
+TEST_CASE_METHOD(api_fixture, "/arrivals?session_id= asks the source for one connection's times",
+                 "[control_api]") {
+  http_client client(port());
+  const auto r = client.get("/arrivals?session_id=7&since=12");
+  REQUIRE_FALSE(r.ec);
+  CHECK(r.status() == 200);
+  CHECK(r.header(http::field::content_type) == "application/json");
+  CHECK(r.res.body() == R"({"session_id":7,"times_ms":[0.000,1000.250]})");
+  // At most 10000 times a response: the source is told the limit.
+  CHECK(source.last_arrivals_query() == std::array<std::uint64_t, 3>{7, 12, 10000});
+  const auto missing = client.get("/arrivals?session_id=8");
+  CHECK(missing.status() == 404);
+  CHECK(missing.res.body() == R"({"error":"no recorded live connection has session_id 8"})");
+  CHECK(client.get("/status").status() == 200);  // the connection stays usable
 }
 
 TEST_CASE_METHOD(api_fixture, "other methods on known paths are refused with 405",

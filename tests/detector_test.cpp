@@ -469,3 +469,157 @@ TEST_CASE("nonsense configurations are refused with the bad value quoted", "[fix
     CHECK_NOTHROW(build(fixed));
   }
 }
+
+// --- the adaptive detector (rules in detector.cpp), on a synthetic clock ---------------------
+
+namespace {
+
+using deadpeer::adaptive_detector_config;
+
+// The silence the detector allows after its last arrival, in ms.
+double timeout_ms(const failure_detector& d) {
+  return ms_between(d.last_arrival(), d.dead_at());
+}
+
+// Feeds arrivals `gap_ms` apart, `count` times, after the detector's last arrival.
+void feed(failure_detector& d, double gap_ms, int count) {
+  for (int i = 0; i < count; ++i)
+    d.record_arrival(d.last_arrival() + std::chrono::duration_cast<steady_time::duration>(
+                                            std::chrono::duration<double, std::milli>(gap_ms)));
+}
+
+}  // namespace
+
+TEST_CASE("adaptive: a fresh connection waits start_multiplier intervals, then learns", "[adaptive]") {
+  adaptive_detector_config c;  // 1 s, warmup 3 arrivals at 2x
+  c.start_floor = 0ms;         // isolated below
+  auto d = make_detector(c, at_ms(0));
+  CHECK(timeout_ms(*d) == Approx(2000).margin(0.01));
+  feed(*d, 1000, 2);
+  CHECK(timeout_ms(*d) == Approx(2000).margin(0.01));  // still warming up
+  feed(*d, 1000, 1);
+  // A perfectly regular peer: nothing longer than the interval was seen, so the floor rules:
+  // 1.1 intervals, what the protocol promises.
+  CHECK(timeout_ms(*d) == Approx(1100).margin(0.01));
+  CHECK_FALSE(d->is_dead(at_ms(3000 + 1099)));
+  CHECK(d->is_dead(at_ms(3000 + 1100)));
+}
+
+TEST_CASE("adaptive: the longest silence seen, stretched by a margin that fades", "[adaptive]") {
+  adaptive_detector_config c;
+  c.start_floor = 0ms;
+  c.deviations = 0;  // isolate the tail rule
+  auto d = make_detector(c, at_ms(0));
+  feed(*d, 1000, 10);
+  feed(*d, 1600, 1);  // one late heartbeat
+  feed(*d, 1000, 30);
+  const auto learned = d->estimate();
+  REQUIRE(learned);
+  CHECK(learned->longest_gap_ms == Approx(1600));
+  // 41.6 s of link seen: stretch = 1 + 1.0 x sqrt(600 / 641.6); timeout = mean + stretch x (1600 - mean).
+  const double stretch = 1 + std::sqrt(600.0 / 641.6);
+  CHECK(timeout_ms(*d) == Approx(learned->mean_gap_ms + stretch * (1600 - learned->mean_gap_ms)).epsilon(1e-4));
+  CHECK(timeout_ms(*d) > 2000);
+  // Ten hours later the same 1.6 s gap is still remembered, with a margin of ~13%.
+  feed(*d, 1000, 36000);
+  feed(*d, 1600, 1);
+  const double later = timeout_ms(*d);
+  CHECK(later > 1600);
+  CHECK(later < 1600 + 0.2 * 600);
+  CHECK(later == Approx(d->estimate()->timeout_ms).epsilon(1e-6));
+}
+
+TEST_CASE("adaptive: a rough spell is forgotten after the memory, never before 3/4 of it", "[adaptive]") {
+  adaptive_detector_config c;
+  c.start_floor = 0ms;
+  c.memory = std::chrono::minutes(40);  // four slices of 10 minutes
+  auto d = make_detector(c, at_ms(0));
+  feed(*d, 1000, 5);
+  feed(*d, 4000, 1);  // a 4 s pause
+  feed(*d, 1000, 29 * 60);  // 29 minutes later: remembered
+  CHECK(d->estimate()->longest_gap_ms == Approx(4000));
+  CHECK(timeout_ms(*d) > 4000);
+  feed(*d, 1000, 12 * 60);  // 41 minutes later: its slice is gone
+  CHECK(d->estimate()->longest_gap_ms == Approx(1000));
+  CHECK(timeout_ms(*d) < 1300);
+}
+
+TEST_CASE("adaptive: never shorter than min_multiplier nor longer than max_multiplier", "[adaptive]") {
+  adaptive_detector_config c;
+  c.start_floor = 0ms;
+  c.interval = 500ms;
+  auto d = make_detector(c, at_ms(0));
+  feed(*d, 10, 200);  // DATA every 10 ms: any frame is life, but the floor holds
+  CHECK(timeout_ms(*d) == Approx(550).margin(0.01));
+  feed(*d, 60000, 1);  // a one-minute silence (the peer survived it)
+  CHECK(timeout_ms(*d) == Approx(5000).margin(0.01));  // capped at 10 x 500 ms
+}
+
+TEST_CASE("adaptive: a jump in the spread raises the verdict within a few arrivals", "[adaptive]") {
+  adaptive_detector_config c;
+  c.start_floor = 0ms;
+  c.margin = 0;  // isolate Jacobson's floor
+  auto d = make_detector(c, at_ms(0));
+  feed(*d, 1000, 600);
+  const double calm = timeout_ms(*d);
+  CHECK(calm == Approx(1100).margin(0.01));
+  for (int i = 0; i < 4; ++i) {  // the link turns jittery: 700 ms and 1300 ms in turn
+    feed(*d, 700, 1);
+    feed(*d, 1300, 1);
+  }
+  const auto learned = d->estimate();
+  CHECK(learned->spread_ms > 200);
+  CHECK(timeout_ms(*d) >= learned->mean_gap_ms + 2 * learned->spread_ms - 0.01);
+  CHECK(timeout_ms(*d) > 1300);
+}
+
+TEST_CASE("adaptive: at 5 s heartbeats on a calm link it decides within 0.6 x mosquitto's 10.8 s", "[adaptive]") {
+  // Issue 12's lab target: after the three heartbeats the lab waits for, the worst case (a
+  // cable pulled right after an arrival) is the timeout. Sending jitter of the protocol
+  // (0.9..1.1 intervals) and a loopback's delay variation.
+  adaptive_detector_config c;
+  c.interval = 5s;
+  auto d = make_detector(c, at_ms(0));
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<double> wait(4500, 5500);
+  for (int i = 0; i < 3; ++i) feed(*d, wait(rng), 1);
+  CHECK(timeout_ms(*d) <= 6480);
+  feed(*d, 5500, 1);  // the longest gap the protocol's jitter allows
+  CHECK(timeout_ms(*d) <= 6480);
+}
+
+TEST_CASE("adaptive: a link just met is given start_floor, fading as it is seen", "[adaptive]") {
+  adaptive_detector_config c;  // 1 s heartbeats, start floor 3.5 s fading over 10 min
+  auto d = make_detector(c, at_ms(0));
+  feed(*d, 1000, 10);
+  // 10 s seen: 3.5 s x sqrt(600 / 610) -- a fresh peer may pause 2 s and be left alone.
+  CHECK(timeout_ms(*d) == Approx(3500 * std::sqrt(600.0 / 610.0)).epsilon(1e-5));
+  feed(*d, 1000, 50);
+  CHECK(timeout_ms(*d) == Approx(3500 * std::sqrt(600.0 / 660.0)).epsilon(1e-5));
+  // After ten hours of a regular link only its own silences count.
+  feed(*d, 1000, 36000);
+  CHECK(timeout_ms(*d) == Approx(1100).margin(0.01));
+  // At 5 s heartbeats the floor is below the interval: it changes nothing.
+  c.interval = 5s;
+  auto slow = make_detector(c, at_ms(0));
+  feed(*slow, 5000, 3);
+  CHECK(timeout_ms(*slow) == Approx(5500).margin(0.01));
+}
+
+TEST_CASE("adaptive: nonsense configurations are refused with the bad value quoted", "[adaptive]") {
+  const auto refused = [](auto change, const char* words) {
+    adaptive_detector_config c;
+    change(c);
+    CHECK_THROWS_WITH(make_detector(c, at_ms(0)), Contains(words));
+  };
+  refused([](auto& c) { c.margin = -1; }, "margin must be");
+  refused([](auto& c) { c.margin = std::nan(""); }, "margin must be");
+  refused([](auto& c) { c.min_multiplier = 0.5; }, "min multiplier");
+  refused([](auto& c) { c.max_multiplier = 1.0; }, "max multiplier");
+  refused([](auto& c) { c.memory = std::chrono::minutes(0); }, "memory must be");
+  refused([](auto& c) { c.start_floor = -1ms; }, "start floor must be");
+  refused([](auto& c) { c.warmup_arrivals = 1000; }, "warmup arrivals");
+  refused([](auto& c) { c.interval = 0ms; }, "interval must be > 0");
+  CHECK_THAT(make_detector(adaptive_detector_config{}, at_ms(0))->describe(),
+             Contains("adaptive margin 1 (fading over 10m, memory 20h, 1.1x-10x interval)"));
+}

@@ -498,6 +498,34 @@ TEST_CASE("engine: a phi detector decides by its own dead_at") {
   CHECK(now - (t0 + 20s) < 10s);
 }
 
+TEST_CASE("engine: the adaptive detector, learned inline, decides as the detector object does") {
+  using deadpeer::adaptive_detector_config;
+  established_server s(1000, [](engine_config& c) { c.detector = adaptive_detector_config{}; });
+  auto reference = deadpeer::make_detector(adaptive_detector_config{}, t0);
+  // A fresh connection announces the cap in WELCOME; the verdict itself comes much sooner.
+  CHECK(deadpeer::dead_after_for(adaptive_detector_config{}, 1000ms) == 10000ms);
+  auto now = t0;
+  const int gaps_ms[] = {1000, 950, 1080, 1020, 1400, 990, 1010, 1050, 970, 1000};
+  for (int i = 0; i < 10; ++i) {
+    now += std::chrono::milliseconds(gaps_ms[i]);
+    s.feed(wire::ping{static_cast<std::uint64_t>(i + 1), 0}, now);
+    reference->record_arrival(now);
+  }
+  const auto learned = s.engine.learned();
+  REQUIRE(learned);
+  CHECK(learned->longest_gap_ms == Approx(1400));
+  CHECK(learned->timeout_ms == Approx(reference->estimate()->timeout_ms));
+  while (!s.engine.ended())
+    s.engine.on_timeout(now = s.engine.next_timeout(), s.out);
+  CHECK(s.engine.end().cause == cause::heartbeat_timeout);
+  // Decided at the reference's instant (to the clock tick the conversions round to).
+  CHECK(std::chrono::abs(now - reference->dead_at()) <= 1us);
+  CHECK(now - (t0 + 10470ms) > 1400ms);  // it allows more than the longest silence seen
+  // Ten seconds into the link the start floor (3.5 s, fading) still rules; far below the cap.
+  CHECK(now - (t0 + 10470ms) < 3500ms);
+  CHECK(now - (t0 + 10470ms) < 10000ms);
+}
+
 TEST_CASE("engine: two engines wired together heartbeat for an hour without a verdict") {
   const auto sc = server_config();
   auto cc = client_config();

@@ -5,6 +5,8 @@
 #include <deadpeer/clock.hpp>
 #include <deadpeer/session.hpp>
 
+#include "../probe/qos.hpp"
+
 #include <sqlite3.h>
 #include <boost/asio/post.hpp>
 #include <boost/json.hpp>
@@ -132,6 +134,11 @@ class server_fixture {
     return server_->send(client_id, std::move(payload));
   }
 
+  std::string db_path() const { return (dir_ / "server.db").string(); }
+  void flush_store() {
+    on_io([&] { server_->flush_store(); });
+  }
+
  private:
   static inline int counter_ = 0;
   fs::path dir_;
@@ -154,15 +161,17 @@ class bystander {
     c.requested_interval = 50ms;
     session_handlers h;
     h.on_established = [this](const session_established&) { established_ = true; };
-    h.on_rtt = [this](std::chrono::nanoseconds) { ++rtt_samples_; };
+    // Either side may be the one pinging (protocol §6): every frame heard from the server
+    // (a PONG to our PING, or its own PING) is the heartbeat going on.
+    h.on_heard = [this](std::int64_t) { ++heard_; };
     h.on_end = [this](const session_end&) { ended_ = true; };
     session_ = session::start(std::move(socket_), c, std::move(h));
     REQUIRE(eventually([&] { return established_.load(); }));
   }
   ~bystander() { session_->close(); }
   bool healthy() {
-    const int before = rtt_samples_;
-    return !ended_ && eventually([&] { return rtt_samples_ > before + 2; }, 5s);
+    const int before = heard_;
+    return !ended_ && eventually([&] { return heard_ > before + 2; }, 5s);
   }
 
  private:
@@ -170,7 +179,7 @@ class bystander {
   boost::asio::ip::tcp::socket socket_;
   std::shared_ptr<session> session_;
   std::atomic<bool> established_{false}, ended_{false};
-  std::atomic<int> rtt_samples_{0};
+  std::atomic<int> heard_{0};
 };
 
 int open_fds() {
@@ -217,6 +226,37 @@ TEST_CASE("server: a silent client is declared dead by its heartbeat detector") 
   const double silence = event.at("silence_ms").as_double();
   CHECK(silence >= 300.0);
   CHECK(silence <= 400.0);
+}
+
+TEST_CASE("server: the adaptive detector (the default) learns the link, shows it, and decides") {
+  // A floor of 3 intervals: a busy machine that stretches the test's own 100 ms pacing must
+  // not end the connection before it is inspected.
+  deadpeer::adaptive_detector_config adaptive;
+  adaptive.min_multiplier = 3.0;
+  server_fixture f([&](server_options& o) { o.detector = adaptive; });
+  CHECK(std::holds_alternative<deadpeer::adaptive_detector_config>(server_options{}.detector));
+  std::uint64_t since = 0;
+  raw_peer client(f.port());
+  const auto welcome = client.handshake("learner", 100ms);
+  CHECK(welcome.dead_after_ms == 1000);  // the cap: 10 intervals
+  // Ten PINGs about 100 ms apart (a wait on the clock is the heartbeat itself here).
+  for (std::uint64_t i = 1; i <= 10; ++i) {
+    std::this_thread::sleep_for(100ms);
+    client.send_frame(wire::ping{i, 0});
+  }
+  const auto connections = f.get_json("/connections").as_array();
+  REQUIRE(connections.size() == 1);
+  const auto& learned = connections[0].at("detector").as_object();
+  CHECK(learned.at("longest_gap_ms").as_double() >= 100.0);
+  CHECK(learned.at("timeout_ms").as_double() >= 300.0);    // the floor at least
+  CHECK(learned.at("timeout_ms").as_double() <= 1000.0);   // the cap at most
+  // Silent from now on: the verdict comes after the learned timeout, well before the cap.
+  const auto event = f.next_event(since);
+  CHECK(str(event.at("cause")) == "heartbeat_timeout");
+  CHECK(str(event.at("detected_by")) == "heartbeat");
+  const double silence = event.at("silence_ms").as_double();
+  CHECK(silence >= 300.0);
+  CHECK(silence <= 1100.0);
 }
 
 TEST_CASE("server: the same client id supersedes the old session") {
@@ -465,6 +505,17 @@ TEST_CASE("server: bad control API requests get 404 and 400 with JSON errors") {
   CHECK(json::parse(bad.body).as_object().contains("error"));
 }
 
+TEST_CASE("server: arrival recording options are validated") {
+  server_options o;
+  o.record_arrivals = max_record_arrivals;
+  CHECK_NOTHROW(validate(o));
+  o.record_arrivals = max_record_arrivals + 1;
+  CHECK_THROWS_WITH(validate(o), Catch::Contains("record arrivals 1000001"));
+  o.record_arrivals = 10;
+  o.record_sample = 0;
+  CHECK_THROWS_WITH(validate(o), Catch::Contains("record sample must be at least 1"));
+}
+
 TEST_CASE("server: options that would declare clients dead between heartbeats are refused") {
   server_options o;
   o.max_interval = 5s;
@@ -532,4 +583,234 @@ TEST_CASE("server: an embedding backend exchanges DATA by client id and gets typ
   CHECK(ends[0].end.detected_by == detected_by::eof);
   CHECK(ends[0].peer.address().to_string() == "127.0.0.1");
   CHECK(ends[0].session_id > 0);
+}
+
+namespace {
+
+// A real client (the library's session) that heartbeats at `interval` until closed.
+class heartbeating_client {
+ public:
+  heartbeating_client(unsigned short port, const std::string& id, std::chrono::milliseconds interval)
+      : socket_(io_.context()) {
+    socket_.connect({boost::asio::ip::make_address("127.0.0.1"), port});
+    session_config c;
+    c.client_id = id;
+    c.requested_interval = interval;
+    session_handlers h;
+    h.on_established = [this](const session_established& e) {
+      interval_ms_ = e.interval.count();
+      established_ = true;
+    };
+    h.on_end = [this](const session_end&) { ended_ = true; };
+    session_ = session::start(std::move(socket_), c, std::move(h));
+    REQUIRE(eventually([&] { return established_.load(); }));
+  }
+  ~heartbeating_client() { close(); }
+  void close() {
+    session_->close();
+    REQUIRE(eventually([&] { return ended_.load(); }));
+  }
+  std::int64_t interval_ms() const { return interval_ms_; }
+
+ private:
+  io_thread io_;
+  boost::asio::ip::tcp::socket socket_;
+  std::shared_ptr<session> session_;
+  std::atomic<bool> established_{false}, ended_{false};
+  std::atomic<std::int64_t> interval_ms_{0};
+};
+
+// Recording at a short interval: a generous detector, so a slow (sanitized) build never
+// declares the client dead.
+void record_fast(server_options& o, std::size_t arrivals) {
+  o.record_arrivals = arrivals;
+  o.detector = fixed_detector_config{.interval = 100ms, .multiplier = 20.0, .timeout = 0ms};
+}
+
+// The recorded live connection of `client_id` in GET /arrivals, or null.
+json::value recorded(server_fixture& f, const std::string& client_id) {
+  const auto listed = f.get_json("/arrivals");
+  for (const auto& c : listed.at("connections").as_array())
+    if (str(c.at("client_id")) == client_id) return c;
+  return nullptr;
+}
+
+struct stored_arrivals {
+  std::int64_t connection_id = 0;
+  std::int64_t interval_ms = 0;
+  std::int64_t count = 0;
+  std::int64_t seen = 0;
+  std::int64_t first_mono_ns = 0;
+  std::int64_t ended_mono_ns = 0;
+  std::vector<std::int64_t> times_us;
+};
+
+std::vector<stored_arrivals> read_arrivals(const std::string& path) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db,
+                             "SELECT a.connection_id, a.interval_ms, a.count, a.seen, "
+                             "a.first_mono_ns, c.ended_mono_ns, a.times_us FROM arrivals a "
+                             "JOIN connections c ON c.id = a.connection_id ORDER BY a.id",
+                             -1, &stmt, nullptr) == SQLITE_OK);
+  std::vector<stored_arrivals> rows;
+  while (sqlite3_step(stmt) == SQLITE_ROW) {
+    stored_arrivals r;
+    r.connection_id = sqlite3_column_int64(stmt, 0);
+    r.interval_ms = sqlite3_column_int64(stmt, 1);
+    r.count = sqlite3_column_int64(stmt, 2);
+    r.seen = sqlite3_column_int64(stmt, 3);
+    r.first_mono_ns = sqlite3_column_int64(stmt, 4);
+    r.ended_mono_ns = sqlite3_column_int64(stmt, 5);
+    const auto* bytes = static_cast<const unsigned char*>(sqlite3_column_blob(stmt, 6));
+    const int size = sqlite3_column_bytes(stmt, 6);
+    for (int i = 0; i + 8 <= size; i += 8) {
+      std::uint64_t v = 0;
+      for (int b = 0; b < 8; ++b) v |= static_cast<std::uint64_t>(bytes[i + b]) << (8 * b);
+      r.times_us.push_back(static_cast<std::int64_t>(v));
+    }
+    rows.push_back(std::move(r));
+  }
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  return rows;
+}
+
+}  // namespace
+
+TEST_CASE("server: --record-arrivals keeps a connection's last N arrivals and stores them") {
+  server_fixture f([](server_options& o) { record_fast(o, 50); });
+  std::uint64_t since = 0;
+  {
+    heartbeating_client client(f.port(), "recorded", 20ms);
+    REQUIRE(client.interval_ms() == 20);
+    // More than 50 arrivals, seen live through the control API.
+    REQUIRE(eventually([&] {
+      const auto c = recorded(f, "recorded");
+      return !c.is_null() && c.at("seen").to_number<std::int64_t>() > 60;
+    }));
+    const auto live = recorded(f, "recorded");
+    CHECK(live.at("count").to_number<std::int64_t>() == 50);  // the ring is full
+    CHECK(live.at("interval_ms").to_number<std::int64_t>() == 20);
+  }  // BYE, then FIN
+  const auto event = f.next_event(since);
+  CHECK(str(event.at("client_id")) == "recorded");
+  f.flush_store();
+
+  const auto rows = read_arrivals(f.db_path());
+  REQUIRE(rows.size() == 1);
+  const auto& a = rows[0];
+  CHECK(a.interval_ms == 20);
+  CHECK(a.count == 50);
+  CHECK(a.seen > 60);
+  REQUIRE(a.times_us.size() == 50);
+  CHECK(a.times_us.front() == 0);
+  for (std::size_t i = 1; i < a.times_us.size(); ++i) {
+    INFO("arrival " << i);
+    CHECK(a.times_us[i] > a.times_us[i - 1]);
+  }
+  // One PING an interval (jittered ±10%): the mean gap is about 20 ms. The last arrival is
+  // the BYE, a moment after the last PING, so it is left out of the mean.
+  const double mean_gap_ms =
+      static_cast<double>(a.times_us[48] - a.times_us[0]) / 48.0 / 1000.0;
+  INFO("mean gap " << mean_gap_ms << " ms");
+  CHECK(mean_gap_ms > 14.0);
+  CHECK(mean_gap_ms < 30.0);
+  // The last N: the trace ends at the connection's end, not at its 50th arrival.
+  const std::int64_t last_ns = a.first_mono_ns + a.times_us.back() * 1000;
+  CHECK(last_ns <= a.ended_mono_ns + 1000);
+  CHECK(a.ended_mono_ns - last_ns < 100'000'000);
+
+  // probe qos --from-db reads the same trace back.
+  const auto traces = probe::qos::read_traces_from_db(f.db_path());
+  REQUIRE(traces.size() == 1);
+  const auto& t = traces[0];
+  CHECK_THAT(t.name, Catch::StartsWith("connection " + std::to_string(a.connection_id) +
+                                       " (recorded, 127.0.0.1:"));
+  CHECK(t.interval == 20ms);
+  REQUIRE(t.arrival_ms.size() == 50);
+  for (std::size_t i = 0; i < 50; ++i)
+    CHECK(t.arrival_ms[i] == static_cast<double>(a.times_us[i]) / 1000.0);
+  CHECK(probe::qos::read_traces_from_db(f.db_path(), 51).empty());
+}
+
+TEST_CASE("server: GET /arrivals serves a recorded live connection's times") {
+  server_fixture f([](server_options& o) { record_fast(o, 1000); });
+  heartbeating_client client(f.port(), "live", 20ms);
+  REQUIRE(eventually([&] {
+    const auto c = recorded(f, "live");
+    return !c.is_null() && c.at("count").to_number<std::int64_t>() >= 12;
+  }));
+  const auto listed = f.get_json("/arrivals").as_object();
+  CHECK(listed.at("record_arrivals").to_number<std::int64_t>() == 1000);
+  CHECK(listed.at("record_sample").to_number<std::int64_t>() == 1);
+  const auto row = recorded(f, "live");
+  const auto id = row.at("session_id").to_number<std::uint64_t>();
+  CHECK_THAT(str(row.at("peer")), Catch::StartsWith("127.0.0.1:"));
+
+  const auto all = f.get_json("/arrivals?session_id=" + std::to_string(id)).as_object();
+  CHECK(str(all.at("client_id")) == "live");
+  CHECK(all.at("interval_ms").to_number<std::int64_t>() == 20);
+  CHECK(all.at("first").to_number<std::int64_t>() == 1);
+  const auto& times = all.at("times_ms").as_array();
+  REQUIRE(times.size() >= 12);
+  CHECK(all.at("next").to_number<std::uint64_t>() == times.size());
+  CHECK(times[0].to_number<double>() == 0.0);
+  for (std::size_t i = 1; i < times.size(); ++i) {
+    const double gap = times[i].to_number<double>() - times[i - 1].to_number<double>();
+    INFO("gap " << i << ": " << gap << " ms");
+    CHECK(gap > 0.0);
+    CHECK(gap < 200.0);
+  }
+  // Paging: what follows arrival 5, with the same origin.
+  const auto rest = f.get_json("/arrivals?session_id=" + std::to_string(id) + "&since=5").as_object();
+  CHECK(rest.at("first").to_number<std::int64_t>() == 6);
+  CHECK(rest.at("times_ms").as_array().at(0).to_number<double>() == times[5].to_number<double>());
+
+  // The API's conventions: a missing connection is 404, a bad parameter 400 naming it.
+  const auto missing = http_get(f.control_port(), "/arrivals?session_id=999999");
+  CHECK(missing.status == 404);
+  CHECK_THAT(str(json::parse(missing.body).at("error")), Catch::Contains("999999"));
+  const auto bad = http_get(f.control_port(), "/arrivals?session_id=x");
+  CHECK(bad.status == 400);
+  CHECK_THAT(str(json::parse(bad.body).at("error")), Catch::Contains("session_id"));
+  CHECK(http_get(f.control_port(), "/arrivals?since=3").status == 400);
+  CHECK(http_get(f.control_port(), "/arrivals?wait=3").status == 400);
+}
+
+TEST_CASE("server: --record-sample K records one established connection in K") {
+  server_fixture f([](server_options& o) {
+    record_fast(o, 100);
+    o.record_sample = 2;
+  });
+  heartbeating_client first(f.port(), "first", 20ms);
+  heartbeating_client second(f.port(), "second", 20ms);
+  heartbeating_client third(f.port(), "third", 20ms);
+  std::set<std::string> ids;
+  const auto listed = f.get_json("/arrivals");
+  for (const auto& c : listed.at("connections").as_array())
+    ids.insert(str(c.at("client_id")));
+  CHECK(ids == std::set<std::string>{"first", "third"});
+}
+
+TEST_CASE("server: with recording off nothing is kept or written") {
+  server_fixture f([](server_options& o) {
+    o.detector = fixed_detector_config{.interval = 100ms, .multiplier = 20.0, .timeout = 0ms};
+  });
+  std::uint64_t since = 0;
+  {
+    heartbeating_client client(f.port(), "unrecorded", 20ms);
+    const auto listed = f.get_json("/arrivals").as_object();
+    CHECK(listed.at("record_arrivals").to_number<std::int64_t>() == 0);
+    CHECK(listed.at("connections").as_array().empty());
+    REQUIRE(eventually([&] {
+      const auto c = f.get_json("/connections").as_array();
+      return c.size() == 1 && c[0].at("age_ms").to_number<double>() > 200.0;  // 10 PINGs
+    }));
+  }
+  CHECK(str(f.next_event(since).at("client_id")) == "unrecorded");
+  CHECK(f.stored_causes().size() == 1);
+  CHECK(read_arrivals(f.db_path()).empty());
+  CHECK(probe::qos::read_traces_from_db(f.db_path()).empty());
 }

@@ -209,12 +209,13 @@ TEST_CASE("a new file gets the current schema in WAL mode") {
 
   raw_db db(path);
   CHECK(db.integer("PRAGMA user_version") == deadpeer::store_schema_version);
-  CHECK(db.integer("PRAGMA user_version") == 3);
+  CHECK(db.integer("PRAGMA user_version") == 4);
   CHECK(db.text("PRAGMA journal_mode") == "wal");
   CHECK(db.rows("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name") ==
-        std::vector<std::vector<std::string>>{{"connections"}, {"runs"}, {"trials"}});
+        std::vector<std::vector<std::string>>{{"arrivals"}, {"connections"}, {"runs"}, {"trials"}});
   CHECK(db.rows("SELECT name FROM sqlite_schema WHERE type = 'index' ORDER BY name") ==
-        std::vector<std::vector<std::string>>{{"connections_cause"},
+        std::vector<std::vector<std::string>>{{"arrivals_connection_id"},
+                                              {"connections_cause"},
                                               {"connections_client_id"},
                                               {"trials_config_key_fault"},
                                               {"trials_run_id"}});
@@ -268,6 +269,9 @@ TEST_CASE("a new file gets the current schema in WAL mode") {
                                                                "error_name",
                                                                "outcome",
                                                                "note", "wire_mono_ns", "wire_segment", "details"});
+  CHECK(column_names(db, "arrivals") ==
+        std::vector<std::string>{"id", "connection_id", "session_id", "client_id", "peer_address",
+                                 "interval_ms", "first_mono_ns", "count", "seen", "times_us"});
   CHECK(store.written() == 0);
   CHECK(store.queued() == 0);
   CHECK_FALSE(store.last_error());
@@ -480,7 +484,7 @@ TEST_CASE("reopening an existing file keeps its rows, and the destructor flushes
   }
   CHECK(count_rows(path) == 15);
   raw_db db(path);
-  CHECK(db.integer("PRAGMA user_version") == 3);
+  CHECK(db.integer("PRAGMA user_version") == 4);
 }
 
 TEST_CASE("a schema 2 file is upgraded in place: its trials kept, new outcomes and details allowed") {
@@ -496,6 +500,7 @@ TEST_CASE("a schema 2 file is upgraded in place: its trials kept, new outcomes a
   {
     raw_db db(path);
     db.exec("ALTER TABLE trials DROP COLUMN details");
+    db.exec("DROP TABLE arrivals");
     db.exec("PRAGMA user_version = 2");
     CHECK(column_names(db, "trials").back() == "wire_segment");
   }
@@ -510,10 +515,143 @@ TEST_CASE("a schema 2 file is upgraded in place: its trials kept, new outcomes a
     store.record(t);
   }
   raw_db db(path);
-  CHECK(db.integer("PRAGMA user_version") == 3);
+  CHECK(db.integer("PRAGMA user_version") == 4);
   CHECK(db.rows("SELECT outcome, details FROM trials ORDER BY id") ==
         std::vector<std::vector<std::string>>{
             {"detected", "{}"}, {"survived", R"({"verdicts":0})"}, {"observed", "{}"}});
+}
+
+namespace {
+
+// The times_us BLOB as docs/results-schema.md defines it: little-endian int64 microseconds.
+std::vector<std::int64_t> decode_times_us(const void* blob, int bytes) {
+  std::vector<std::int64_t> out;
+  const auto* p = static_cast<const unsigned char*>(blob);
+  for (int i = 0; i + 8 <= bytes; i += 8) {
+    std::uint64_t v = 0;
+    for (int b = 0; b < 8; ++b) v |= static_cast<std::uint64_t>(p[i + b]) << (8 * b);
+    out.push_back(static_cast<std::int64_t>(v));
+  }
+  return out;
+}
+
+std::vector<std::int64_t> stored_times_us(raw_db& db, std::int64_t connection_id) {
+  sqlite3_stmt* s = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db.get(), "SELECT times_us FROM arrivals WHERE connection_id = ?", -1,
+                             &s, nullptr) == SQLITE_OK);
+  sqlite3_bind_int64(s, 1, connection_id);
+  std::vector<std::int64_t> out;
+  if (sqlite3_step(s) == SQLITE_ROW)
+    out = decode_times_us(sqlite3_column_blob(s, 0), sqlite3_column_bytes(s, 0));
+  sqlite3_finalize(s);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a recorded connection's arrivals are stored with its row, in microseconds") {
+  temp_dir dir;
+  const auto path = dir.file("deadpeer.db");
+  {
+    event_store store(options_for(path));
+    store.record(make_connection(1));  // not recorded: no arrivals row
+    auto c = make_connection(2);
+    c.arrivals = deadpeer::arrival_trace{
+        .interval_ms = 1000,
+        .seen = 7,
+        .mono_ns = {5'000'000'000, 6'000'000'400, 7'000'001'600, 8'000'000'000'000}};
+    store.record(c);
+    auto empty = make_connection(3);
+    empty.arrivals = deadpeer::arrival_trace{.interval_ms = 1000, .seen = 0, .mono_ns = {}};
+    store.record(empty);  // recorded, but nothing arrived: no row either
+    store.flush();
+    CHECK(store.written() == 3);
+    CHECK(store.arrivals_dropped() == 0);
+  }
+  raw_db db(path);
+  CHECK(db.rows("SELECT a.connection_id, c.session_id, a.session_id, a.client_id, a.peer_address, "
+                "a.interval_ms, a.first_mono_ns, a.count, a.seen, length(a.times_us) "
+                "FROM arrivals a JOIN connections c ON c.id = a.connection_id") ==
+        std::vector<std::vector<std::string>>{{"2", "3", "3", "client-2", "127.0.0.1:40002",
+                                               "1000", "5000000000", "4", "7", "32"}});
+  // Rounded to the nearest microsecond, from the first kept arrival.
+  CHECK(stored_times_us(db, 2) == std::vector<std::int64_t>{0, 1'000'000, 2'000'002, 7'995'000'000});
+  CHECK(db.rows("PRAGMA foreign_key_check").empty());
+}
+
+TEST_CASE("a schema 3 file gains the arrivals table, its rows kept") {
+  temp_dir dir;
+  const auto path = dir.file("v3.db");
+  {
+    event_store store(options_for(path));
+    store.record(make_connection(1));
+  }
+  {
+    raw_db db(path);
+    db.exec("DROP TABLE arrivals");
+    db.exec("PRAGMA user_version = 3");
+  }
+  {
+    event_store store(options_for(path));
+    auto c = make_connection(2);
+    c.arrivals = deadpeer::arrival_trace{.interval_ms = 500, .seen = 2, .mono_ns = {10, 500'010}};
+    store.record(c);
+  }
+  raw_db db(path);
+  CHECK(db.integer("PRAGMA user_version") == 4);
+  CHECK(db.integer("SELECT count(*) FROM connections") == 2);
+  CHECK(db.rows("SELECT connection_id, count FROM arrivals") ==
+        std::vector<std::vector<std::string>>{{"2", "2"}});
+  CHECK(stored_times_us(db, 2) == std::vector<std::int64_t>{0, 500});
+}
+
+TEST_CASE("a full file keeps every connection row and drops arrival traces instead") {
+  temp_dir dir;
+  const auto path = dir.file("full.db");
+  { event_store store(options_for(path)); }  // the schema, before the cap
+  std::int64_t pages = 0;
+  {
+    raw_db db(path);
+    pages = db.integer("PRAGMA page_count");
+  }
+  capture_stderr captured(dir.file("stderr.txt"));
+  std::uint64_t dropped = 0;
+  {
+    auto o = options_for(path);
+    // Room for the rows (a few hundred bytes each), none for a 400 kB trace.
+    o.max_page_count = pages + 8;
+    o.batch_window = 10ms;
+    event_store store(o);
+    std::vector<std::int64_t> big(50'000);
+    for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<std::int64_t>(i) * 1'000'000;
+    for (int i = 0; i < 6; ++i) {
+      auto c = make_connection(i);
+      c.arrivals = deadpeer::arrival_trace{.interval_ms = 1, .seen = big.size(), .mono_ns = big};
+      store.record(std::move(c));
+    }
+    store.flush();
+    CHECK(store.written() == 6);
+    dropped = store.arrivals_dropped();
+    REQUIRE(store.last_error());
+    CHECK_THAT(*store.last_error(), Catch::Contains("full"));
+    // The file is not given up on: a trace that fits is written with its row.
+    auto small = make_connection(6);
+    small.arrivals = deadpeer::arrival_trace{.interval_ms = 1000, .seen = 3,
+                                             .mono_ns = {0, 1'000'000'000, 2'000'000'000}};
+    store.record(std::move(small));
+    store.flush();
+    CHECK(store.written() == 7);
+    CHECK(store.arrivals_dropped() == dropped);
+  }
+  const auto messages = captured.finish();
+  INFO(messages);
+  CHECK(dropped == 6);
+  CHECK_THAT(messages, Catch::Contains("the connection row is kept") ||
+                           Catch::Contains("without their"));
+  raw_db db(path);
+  CHECK(db.integer("SELECT count(*) FROM connections") == 7);
+  CHECK(db.rows("SELECT connection_id, count FROM arrivals") ==
+        std::vector<std::vector<std::string>>{{"7", "3"}});
 }
 
 TEST_CASE("a file that is not a database is refused, naming the file") {
@@ -540,7 +678,7 @@ TEST_CASE("a file from a newer schema is refused") {
   const auto message = open_error(path);
   CHECK_THAT(message, Catch::Contains(path));
   CHECK_THAT(message, Catch::Contains("newer"));
-  CHECK_THAT(message, Catch::Contains("schema 99, this build knows 3"));
+  CHECK_THAT(message, Catch::Contains("schema 99, this build knows 4"));
   raw_db db(path);
   CHECK(db.integer("PRAGMA user_version") == 99);  // left untouched
 }
@@ -553,6 +691,7 @@ TEST_CASE("a schema 1 file is upgraded in place: its trials kept, interrupted an
     // the trials table exactly as schema 1 wrote it, with one trial.
     raw_db db(path);
     db.exec(R"sql(
+DROP TABLE arrivals;
 DROP TABLE trials;
 CREATE TABLE trials (
   id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id), trial INTEGER NOT NULL,

@@ -10,6 +10,8 @@
 // connection or memory; a parse error is answered 400 and the connection is closed, since
 // the byte stream cannot be resynchronised. Query parameters are exact non-negative
 // integers; anything else is a 400 that names the parameter, never a silent default.
+// Responses are bounded as well: /events returns at most 1000 events and /arrivals at most
+// 10000 arrival times, each with a `next` to ask again from (since=NEXT).
 //
 // Long-polls: the API keeps at most one on_next_event registration outstanding and fans
 // the notification out to every waiting request itself, so the source's callback list stays
@@ -67,6 +69,7 @@ constexpr std::uint64_t max_body_bytes = 1024;
 constexpr std::size_t max_buffer_bytes = 16 * 1024;
 constexpr std::uint64_t max_wait_ms = 60000;
 constexpr std::size_t max_events = 1000;
+constexpr std::size_t max_arrival_times = 10000;  // per GET /arrivals?session_id= response
 constexpr std::string_view json_type = "application/json";
 constexpr std::string_view metrics_type = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -117,25 +120,28 @@ response make_error(http::status status, std::string_view message, unsigned vers
   return make_response(status, json_type, error_json(message), version, keep_alive);
 }
 
-enum class route { status, connections, metrics, events };
+enum class route { status, connections, metrics, events, arrivals };
 
 std::optional<route> route_for(std::string_view path) {
   if (path == "/status") return route::status;
   if (path == "/connections") return route::connections;
   if (path == "/metrics") return route::metrics;
   if (path == "/events") return route::events;
+  if (path == "/arrivals") return route::arrivals;
   return std::nullopt;
 }
 
-struct events_query {
-  std::uint64_t since = 0;
-  std::uint64_t wait_ms = 0;
+struct route_query {
+  std::uint64_t since = 0;                   ///< /events, /arrivals
+  std::uint64_t wait_ms = 0;                 ///< /events
+  std::optional<std::uint64_t> session_id;   ///< /arrivals: one connection's times
 };
 
 // Parses the query of a known route; returns the 400 message on error.
-std::optional<std::string> parse_query(std::string_view query, route r, events_query& out) {
+std::optional<std::string> parse_query(std::string_view query, route r, route_query& out) {
   bool seen_since = false;
   bool seen_wait = false;
+  bool seen_session = false;
   while (!query.empty()) {
     const auto amp = query.find('&');
     const auto item = query.substr(0, amp);
@@ -144,13 +150,14 @@ std::optional<std::string> parse_query(std::string_view query, route r, events_q
     const auto name = item.substr(0, eq);
     const bool has_value = eq != std::string_view::npos;
     const auto value = has_value ? item.substr(eq + 1) : std::string_view{};
-    const bool is_since = r == route::events && name == "since";
+    const bool is_since = (r == route::events || r == route::arrivals) && name == "since";
     const bool is_wait = r == route::events && name == "wait";
-    if (!is_since && !is_wait) {
+    const bool is_session = r == route::arrivals && name == "session_id";
+    if (!is_since && !is_wait && !is_session) {
       if (name.empty()) return std::string("malformed query: empty parameter name");
       return "unknown parameter: " + printable(name);
     }
-    bool& seen = is_since ? seen_since : seen_wait;
+    bool& seen = is_since ? seen_since : is_wait ? seen_wait : seen_session;
     if (seen) return std::string(name) + " given more than once";
     seen = true;
     const bool digits_only = !value.empty() && std::all_of(value.begin(), value.end(), [](char c) {
@@ -163,8 +170,13 @@ std::optional<std::string> parse_query(std::string_view query, route r, events_q
       return std::string(name) + " must be a non-negative integer, got \"" + printable(value) +
              "\"";
     }
-    (is_since ? out.since : out.wait_ms) = number;
+    if (is_session)
+      out.session_id = number;
+    else
+      (is_since ? out.since : out.wait_ms) = number;
   }
+  if (r == route::arrivals && seen_since && !seen_session)
+    return std::string("since needs session_id (it pages through one connection's arrivals)");
   out.wait_ms = std::min(out.wait_ms, max_wait_ms);
   return std::nullopt;
 }
@@ -382,7 +394,7 @@ struct control_api::impl : std::enable_shared_from_this<impl> {
       res.set(http::field::allow, "GET");
       co_return res;
     }
-    events_query q;
+    route_query q;
     if (const auto bad = parse_query(query, *r, q))
       co_return make_error(http::status::bad_request, *bad, version, keep_alive);
 
@@ -404,6 +416,22 @@ struct control_api::impl : std::enable_shared_from_this<impl> {
           if (auto events = co_await wait_for_events(self, c, q))
             body = events_body(*events, q.since);
           break;
+        case route::arrivals:
+          if (!q.session_id) {
+            body = self->call_source([](control_source& s) { return s.arrivals_json(); });
+            break;
+          }
+          if (auto times = self->call_source([&](control_source& s) {
+                return s.arrival_times_json(*q.session_id, q.since, max_arrival_times);
+              })) {
+            if (!*times)
+              co_return make_error(http::status::not_found,
+                                   "no recorded live connection has session_id " +
+                                       std::to_string(*q.session_id),
+                                   version, keep_alive);
+            body = std::move(**times);
+          }
+          break;
       }
     } catch (const std::exception& e) {
       std::cerr << "deadpeer control_api: " << path << ": source failed: " << e.what() << std::endl;
@@ -417,7 +445,7 @@ struct control_api::impl : std::enable_shared_from_this<impl> {
   // Events after q.since, waiting up to q.wait_ms for the first; nullopt when stopped or
   // when the client went away.
   static asio::awaitable<std::optional<std::vector<control_event>>> wait_for_events(
-      std::shared_ptr<impl> self, std::shared_ptr<connection> c, events_query q) {
+      std::shared_ptr<impl> self, std::shared_ptr<connection> c, route_query q) {
     const auto deadline = steady_clock::now() + std::chrono::milliseconds(q.wait_ms);
     const auto fetch = [&] {
       return self->call_source(

@@ -6,6 +6,7 @@
 #include <deadpeer/config_error.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 namespace deadpeer {
@@ -93,6 +94,12 @@ void validate(const engine_config& c) {
 milliseconds dead_after_for(const detector_config& detector, milliseconds interval) {
   const auto config = with_interval(detector, interval);
   if (const auto* fixed = std::get_if<fixed_detector_config>(&config)) return fixed_timeout(*fixed);
+  if (const auto* adaptive = std::get_if<adaptive_detector_config>(&config)) {
+    (void)make_detector(config, time_point{});  // throws config_error for bad parameters
+    // The adaptive detector never waits longer than its cap: the promise WELCOME makes.
+    return milliseconds(static_cast<milliseconds::rep>(
+        std::ceil(adaptive->max_multiplier * static_cast<double>(interval.count()))));
+  }
   const time_point start{};
   return std::chrono::ceil<milliseconds>(make_detector(config, start)->dead_at() - start);
 }
@@ -130,6 +137,9 @@ void protocol_engine::receive(std::span<const std::byte> bytes, time_point now, 
                               engine_observer& observer) {
   if (end_ || peer_finished_ || bytes.empty()) return;
   // §6 proof of life: any byte, even part of a frame.
+  if (adaptive_on_ && now > last_heard_)
+    adaptive_.learn(std::get<adaptive_detector_config>(config_->detector),
+                    std::chrono::duration<double, std::milli>(now - last_heard_).count());
   last_heard_ = std::max(last_heard_, now);
   if (phi_) phi_->record_arrival(now);
   if (!partial_) {
@@ -244,8 +254,19 @@ time_point protocol_engine::ping_due() const {
   return std::max(due, std::min(rounded, latest));
 }
 
+std::optional<detector_estimate> protocol_engine::learned() const {
+  if (phi_) return phi_->estimate();
+  if (adaptive_on_)
+    return adaptive_.estimate(std::get<adaptive_detector_config>(config_->detector), milliseconds(interval_ms_));
+  return std::nullopt;
+}
+
 time_point protocol_engine::dead_at() const {
   if (phi_) return phi_->dead_at();
+  if (adaptive_on_)
+    return last_heard_ + std::chrono::duration_cast<time_point::duration>(std::chrono::duration<double, std::milli>(
+                             adaptive_.timeout_ms(std::get<adaptive_detector_config>(config_->detector),
+                                                  milliseconds(interval_ms_))));
   return last_heard_ + milliseconds(dead_after_ms_);
 }
 
@@ -437,10 +458,15 @@ void protocol_engine::become_established(milliseconds interval, milliseconds dea
   last_sent_ = now;
   roll_ping_delay();
   const auto detector = with_interval(config_->detector, interval);
-  if (std::holds_alternative<fixed_detector_config>(detector))
+  if (std::holds_alternative<fixed_detector_config>(detector)) {
     dead_after_ms_ = to_u32_ms(fixed_timeout(std::get<fixed_detector_config>(detector)));
-  else
+  } else if (std::holds_alternative<adaptive_detector_config>(detector)) {
+    // Learned inline from every arrival (receive): no object per connection.
+    adaptive_ = adaptive_state(interval);
+    adaptive_on_ = true;
+  } else {
     phi_ = make_detector(detector, last_heard_);
+  }
   if (held_data_) {
     out.ordered.insert(out.ordered.end(), held_data_->begin(), held_data_->end());
     held_data_.reset();

@@ -23,6 +23,7 @@
 #include <boost/json.hpp>
 
 #include <algorithm>
+#include <cstdio>
 #include <deque>
 #include <future>
 #include <iostream>
@@ -120,6 +121,12 @@ void validate(const server_options& o) {
   if (o.threads > 1024) throw config_error("threads must be at most 1024");
   if (o.close_drain_time < milliseconds(0))
     throw config_error("close drain time must not be negative");
+  if (o.record_arrivals > max_record_arrivals)
+    throw config_error("record arrivals " + std::to_string(o.record_arrivals) +
+                       " is above the maximum of " + std::to_string(max_record_arrivals) +
+                       " per connection");
+  if (o.record_sample == 0)
+    throw config_error("record sample must be at least 1 (1 records every connection)");
   if (o.auth_token.size() > wire::max_auth_token)
     throw config_error("auth token is longer than 255 bytes");
   (void)make_detector(o.detector, steady_clock::now());  // throws config_error if invalid
@@ -151,6 +158,7 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
   std::atomic<std::size_t> held{0};
   std::atomic<std::size_t> loops_running{0};
   std::atomic<std::uint64_t> session_ids{1};
+  std::atomic<std::uint64_t> record_candidates{0};
   std::atomic<bool> stopping{false};
 
   // Admission: the registry of client ids and the limits.
@@ -197,6 +205,7 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
                           : "off";
     settings.descriptor_budget = descriptor_budget(count);
     settings.held = &held;
+    settings.record_candidates = &record_candidates;
 
     // The first listener picks the port (it may be 0); the others join it.
     auto at = options.listen;
@@ -411,6 +420,7 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
       s["path"] = store->path();
       s["written"] = store->written();
       s["queued"] = store->queued();
+      s["arrivals_dropped"] = store->arrivals_dropped();
       if (const auto error = store->last_error()) s["error"] = *error;
       o["store"] = std::move(s);
     }
@@ -423,6 +433,57 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
       for (auto& c : part)
         all.push_back(std::move(c));
     return json::serialize(all);
+  }
+
+  std::string arrivals_json() override {
+    json::array all;
+    for (auto& part : gather<json::array>([](server_loop& l) { return l.arrivals_json(); }))
+      for (auto& c : part)
+        all.push_back(std::move(c));
+    std::sort(all.begin(), all.end(), [](const json::value& a, const json::value& b) {
+      return a.at("session_id").to_number<std::uint64_t>() <
+             b.at("session_id").to_number<std::uint64_t>();
+    });
+    json::object o;
+    o["record_arrivals"] = options.record_arrivals;
+    o["record_sample"] = options.record_sample;
+    o["connections"] = std::move(all);
+    return json::serialize(o);
+  }
+
+  // Times in ms from the connection's first arrival, written as exact microseconds
+  // ("100.012") rather than as doubles: compact, and no binary rounding.
+  std::optional<std::string> arrival_times_json(std::uint64_t session_id, std::uint64_t since,
+                                                std::size_t limit) override {
+    std::optional<detail::arrival_snapshot> found;
+    for (auto& part : gather<std::optional<detail::arrival_snapshot>>(
+             [=](server_loop& l) { return l.arrivals_of(session_id, since, limit); }))
+      if (part) found = std::move(part);
+    if (!found) return std::nullopt;
+    const auto& a = *found;
+    json::object o;
+    o["session_id"] = a.session_id;
+    o["client_id"] = a.client_id;
+    o["peer"] = a.peer;
+    o["interval_ms"] = a.interval_ms;
+    o["seen"] = a.seen;
+    o["count"] = a.count;
+    o["origin_mono_ns"] = a.origin_ns;
+    o["first"] = a.first;
+    o["next"] = a.mono_ns.empty() ? since : a.first + a.mono_ns.size() - 1;
+    std::string body = json::serialize(o);
+    body.pop_back();  // the closing brace: times_ms goes last
+    body += ",\"times_ms\":[";
+    char number[32];
+    for (std::size_t i = 0; i < a.mono_ns.size(); ++i) {
+      const std::int64_t offset_us = (a.mono_ns[i] - a.origin_ns + 500) / 1000;
+      const int n = std::snprintf(number, sizeof number, "%s%lld.%03lld", i == 0 ? "" : ",",
+                                  static_cast<long long>(offset_us / 1000),
+                                  static_cast<long long>(offset_us % 1000));
+      body.append(number, static_cast<std::size_t>(n));
+    }
+    body += "]}";
+    return body;
   }
 
   std::string metrics_text() override {

@@ -13,6 +13,7 @@
 #include <boost/json.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cerrno>
 #include <cstring>
 #include <iostream>
@@ -120,6 +121,7 @@ struct server_loop::observer final : engine_observer {
     c.established = true;
     c.dead_after_ms = static_cast<std::uint32_t>(e.dead_after.count());
     loop.established_.fetch_add(1, std::memory_order_relaxed);
+    loop.start_recording(slot);
   }
   void on_data(std::span<const std::byte> payload) override {
     loop.host_.data(loop.at(slot).client_id, payload);
@@ -432,8 +434,12 @@ void server_loop::on_readable(std::uint32_t slot) {
   const auto now = steady_clock::now();
   observer_->slot = slot;
   if (n > 0) {
+    const bool after_handshake = c.established;
     c.engine->receive(std::span(read_buffer_.data(), static_cast<std::size_t>(n)), now, out_,
                       *observer_);
+    // A recorded connection's arrival: each read after the one that brought the HELLO.
+    if (after_handshake && !recordings_.empty())
+      if (const auto it = recordings_.find(slot); it != recordings_.end()) it->second.add(ns(now));
   } else if (n == 0) {
     c.engine->receive_eof(now, *observer_);
     if (!c.engine->ended()) {
@@ -612,6 +618,16 @@ void server_loop::fail(std::uint32_t slot, int error, connection_context::operat
   c.engine->fail(verdict.cause, verdict.detected_by, ec, steady_clock::now());
 }
 
+// A connection was just established: record its arrivals when recording is on and it is
+// the sample's turn.
+void server_loop::start_recording(std::uint32_t slot) {
+  const auto& options = *settings_.options;
+  if (options.record_arrivals == 0) return;
+  const auto candidate = settings_.record_candidates->fetch_add(1, std::memory_order_relaxed);
+  if (candidate % options.record_sample != 0) return;
+  recordings_.insert_or_assign(slot, arrival_ring(options.record_arrivals));
+}
+
 void server_loop::start_close(std::uint32_t slot) {
   auto& c = at(slot);
   if (c.state != phase::open) return;
@@ -647,6 +663,7 @@ void server_loop::free_slot(std::uint32_t slot) {
   ++c.generation;
   c.next_free = free_head_;
   free_head_ = slot;
+  if (!recordings_.empty()) recordings_.erase(slot);
   --live_;
   settings_.held->fetch_sub(1, std::memory_order_relaxed);
 }
@@ -699,6 +716,15 @@ void server_loop::finish(std::uint32_t slot) {
   r.detector = settings_.detector_description;
   r.frames_received = end.frames_received;
   r.frames_sent = end.frames_sent;
+  if (!recordings_.empty()) {
+    if (const auto it = recordings_.find(slot); it != recordings_.end()) {
+      if (it->second.size() > 0)
+        r.arrivals = arrival_trace{.interval_ms = r.heartbeat_interval_ms,
+                                   .seen = it->second.seen(),
+                                   .mono_ns = it->second.ordered()};
+      recordings_.erase(it);
+    }
+  }
   const connection_end ended{.end = end,
                              .client_id = c.client_id,
                              .peer = c.peer,
@@ -773,6 +799,14 @@ json::array server_loop::connections_json() const {
     o["last_heard_ms_ago"] = ms(now - to_monotonic_ns(c.engine->last_heard()));
     o["interval_ms"] = c.engine->interval().count();
     o["dead_after_ms"] = c.dead_after_ms;
+    if (const auto learned = c.engine->learned()) {
+      // What the detector has learned of this link (docs/detectors.md), rounded to 0.1 ms.
+      const auto tenth = [](double v) { return std::round(v * 10) / 10; };
+      o["detector"] = json::object{{"mean_gap_ms", tenth(learned->mean_gap_ms)},
+                                   {"spread_ms", tenth(learned->spread_ms)},
+                                   {"longest_gap_ms", tenth(learned->longest_gap_ms)},
+                                   {"timeout_ms", tenth(learned->timeout_ms)}};
+    }
     json::object rtt;
     rtt["samples"] = c.rtt_samples;
     rtt["min_ms"] = c.rtt_min_ms;
@@ -796,6 +830,45 @@ json::array server_loop::connections_json() const {
     list.push_back(std::move(o));
   }
   return list;
+}
+
+json::array server_loop::arrivals_json() const {
+  json::array list;
+  for (const auto& [slot, ring] : recordings_) {
+    const auto& c = at(slot);
+    if (c.state == phase::free || !c.engine) continue;
+    json::object o;
+    o["session_id"] = c.engine->session_id();
+    o["client_id"] = c.client_id;
+    o["peer"] = format_endpoint(c.peer);
+    o["loop"] = index_;
+    o["interval_ms"] = settings_.options->heartbeat ? c.engine->interval().count() : 0;
+    o["count"] = ring.size();
+    o["seen"] = ring.seen();
+    list.push_back(std::move(o));
+  }
+  return list;
+}
+
+std::optional<arrival_snapshot> server_loop::arrivals_of(std::uint64_t session_id,
+                                                         std::uint64_t since,
+                                                         std::size_t limit) const {
+  for (const auto& [slot, ring] : recordings_) {
+    const auto& c = at(slot);
+    if (c.state == phase::free || !c.engine || c.engine->session_id() != session_id) continue;
+    arrival_snapshot s;
+    s.session_id = session_id;
+    s.client_id = c.client_id;
+    s.peer = format_endpoint(c.peer);
+    s.interval_ms = settings_.options->heartbeat ? c.engine->interval().count() : 0;
+    s.seen = ring.seen();
+    s.count = ring.size();
+    s.origin_ns = ring.origin_ns();
+    s.mono_ns = ring.after(since, limit);
+    s.first = s.mono_ns.empty() ? 0 : std::max(since + 1, ring.first_kept());
+    return s;
+  }
+  return std::nullopt;
 }
 
 }  // namespace deadpeer::detail

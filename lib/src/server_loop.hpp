@@ -14,6 +14,11 @@
 // registry, counters, the store) and post(), which queues a task for the loop thread and
 // wakes it through an eventfd. A takeover across loops, a stop, a snapshot for the control
 // API and an embedder's send() are such tasks.
+//
+// Arrival recording (server_options::record_arrivals) lives beside the slab, in a map keyed
+// by slot that holds an arrival_ring only for the connections chosen for recording: the
+// connection record itself does not change, so a server that records nothing pays nothing
+// per connection, and one that samples pays only for the sampled ones.
 #pragma once
 
 #include <deadpeer/engine.hpp>
@@ -22,6 +27,7 @@
 #include <deadpeer/store.hpp>
 #include <deadpeer/timing_wheel.hpp>
 
+#include "arrival_ring.hpp"
 #include "metrics.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
@@ -34,6 +40,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace deadpeer::detail {
@@ -81,6 +88,22 @@ struct loop_settings {
   /// (the descriptor limit less a reserve for the control API, the store and logs).
   std::size_t descriptor_budget = 0;
   std::atomic<std::size_t>* held = nullptr;  ///< descriptors held by all loops
+  /// Connections established by all loops while recording arrivals: every record_sample-th
+  /// is recorded (the first included).
+  std::atomic<std::uint64_t>* record_candidates = nullptr;
+};
+
+/// A recorded live connection's arrivals, copied out of its loop for the control API.
+struct arrival_snapshot {
+  std::uint64_t session_id = 0;
+  std::string client_id;
+  std::string peer;
+  std::int64_t interval_ms = 0;  ///< 0: heartbeats off
+  std::uint64_t seen = 0;        ///< arrivals seen on the connection
+  std::size_t count = 0;         ///< of those, kept
+  std::uint64_t first = 0;       ///< sequence number of mono_ns[0] (the first arrival is 1)
+  std::int64_t origin_ns = 0;    ///< the connection's first arrival
+  std::vector<std::int64_t> mono_ns;
 };
 
 class server_loop {
@@ -103,6 +126,12 @@ class server_loop {
   /// Sends DATA to the connection; false if it is gone or not established.
   bool send_data(connection_ref ref, std::span<const std::byte> payload);
   boost::json::array connections_json() const;
+  /// The recorded live connections (GET /arrivals).
+  boost::json::array arrivals_json() const;
+  /// The arrivals of the recorded connection `session_id` numbered above `since`, at most
+  /// `limit`; nullopt when this loop holds no such recorded connection.
+  std::optional<arrival_snapshot> arrivals_of(std::uint64_t session_id, std::uint64_t since,
+                                              std::size_t limit) const;
   metrics::histogram rtt_histogram() const { return rtt_histogram_; }
   std::size_t established() const { return established_.load(std::memory_order_relaxed); }
   std::size_t held() const { return live_; }
@@ -131,6 +160,7 @@ class server_loop {
   void free_slot(std::uint32_t slot);
   void reschedule(std::uint32_t slot);
   void fail(std::uint32_t slot, int error, connection_context::operation op);
+  void start_recording(std::uint32_t slot);
   void run_tasks();
   std::uint64_t tag(std::uint32_t slot) const;
 
@@ -154,6 +184,7 @@ class server_loop {
   keepalive_settings keepalive_in_force_;
   bool keepalive_known_ = false;
   metrics::histogram rtt_histogram_;
+  std::unordered_map<std::uint32_t, arrival_ring> recordings_;  ///< by slot; recorded only
 
   bool stopping_ = false;
   std::int64_t stop_deadline_ns_ = 0;

@@ -36,6 +36,15 @@
 // opening the same new file at once cannot both create it. Values are stored as in the
 // structs, sentinels included (-1 latency, 0 for "none"); uint64 counters are stored as
 // the same 64-bit pattern in SQLite's signed INTEGER. See docs/results-schema.md.
+//
+// Arrivals. A recorded connection's heartbeat arrivals travel inside its connection_record
+// and are inserted right after its row, in the same transaction, so the `arrivals` row can
+// name the row's id and a reader never sees one without the other. A trace can be large
+// (8 bytes an arrival), so it must never cost the row: when its insert fails on its own (a
+// trace SQLite refuses, or SQLITE_FULL that undid only that statement) only the trace is
+// dropped; when a full file rolls back the whole batch, which is what SQLite usually does on
+// SQLITE_FULL, the batch is retried without any of its traces. Each dropped trace is
+// counted, said on stderr and in last_error().
 #include <deadpeer/store.hpp>
 
 #include <sqlite3.h>
@@ -222,6 +231,28 @@ CREATE INDEX trials_run_id ON trials(run_id);
 CREATE INDEX trials_config_key_fault ON trials(config_key, fault);
 )sql";
 
+// Version 4: heartbeat arrival traces of recorded connections (server_options::
+// record_arrivals). A new table beside the others: nothing is copied.
+constexpr const char* migrate_v3_to_v4 = R"sql(
+CREATE TABLE arrivals (
+  id            INTEGER PRIMARY KEY,
+  connection_id INTEGER NOT NULL REFERENCES connections(id),
+  session_id    INTEGER NOT NULL,
+  client_id     TEXT    NOT NULL,
+  peer_address  TEXT    NOT NULL,
+  interval_ms   INTEGER NOT NULL,
+  first_mono_ns INTEGER NOT NULL,
+  count         INTEGER NOT NULL,
+  seen          INTEGER NOT NULL,
+  times_us      BLOB    NOT NULL
+);
+CREATE INDEX arrivals_connection_id ON arrivals(connection_id);
+)sql";
+
+constexpr const char* insert_arrivals_sql =
+    "INSERT INTO arrivals (connection_id, session_id, client_id, peer_address, interval_ms, "
+    "first_mono_ns, count, seen, times_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
 constexpr const char* insert_connection_sql =
     "INSERT INTO connections (session_id, client_id, peer_address, opened_mono_ns, "
     "ended_mono_ns, last_heard_mono_ns, opened_unix_ms, ended_unix_ms, ended_at, cause, "
@@ -287,6 +318,10 @@ class binder {
     return check(
         sqlite3_bind_text64(stmt_, ++index_, v.data(), v.size(), SQLITE_STATIC, SQLITE_UTF8));
   }
+  // The bytes outlive the step, as the strings do.
+  binder& operator()(const std::vector<unsigned char>& v) {
+    return check(sqlite3_bind_blob64(stmt_, ++index_, v.data(), v.size(), SQLITE_STATIC));
+  }
   binder& operator()(const std::optional<std::string>& v) {
     if (!v) return check(sqlite3_bind_null(stmt_, ++index_));
     return check(
@@ -331,6 +366,20 @@ int bind(sqlite3_stmt* s, const run_record& r) {
   return b.result();
 }
 
+// times_us of the arrivals table: each arrival in microseconds after the first (to the
+// nearest), as a little-endian int64, 8 bytes an arrival.
+std::vector<unsigned char> encode_offsets_us(const std::vector<std::int64_t>& mono_ns) {
+  std::vector<unsigned char> out(mono_ns.size() * 8);
+  const std::int64_t first_ns = mono_ns.empty() ? 0 : mono_ns.front();
+  for (std::size_t i = 0; i < mono_ns.size(); ++i) {
+    const std::int64_t offset_us = (mono_ns[i] - first_ns + 500) / 1000;
+    const auto bits = static_cast<std::uint64_t>(offset_us);
+    for (std::size_t b = 0; b < 8; ++b)
+      out[i * 8 + b] = static_cast<unsigned char>((bits >> (8 * b)) & 0xffu);
+  }
+  return out;
+}
+
 std::string describe(const connection_record& r) {
   return "connection record (session " + std::to_string(r.session_id) + ", client \"" +
          r.client_id + "\")";
@@ -355,12 +404,14 @@ struct event_store::impl {
     bool committed = false;
     std::size_t written = 0;
     std::string error;  // whole-batch failure
+    bool full = false;  // the failure was SQLITE_FULL (disk full, max_page_count)
     std::vector<std::string> rejected;
+    std::vector<std::string> dropped_arrivals;  // traces left out, their rows written
   };
 
   options opts;
   db_ptr db;
-  stmt_ptr insert_connection, insert_trial, insert_run, begin, commit, rollback;
+  stmt_ptr insert_connection, insert_trial, insert_run, insert_arrivals, begin, commit, rollback;
   std::mutex db_mutex;  // every use of db and the statements
 
   std::mutex mutex;  // everything below, except the atomics
@@ -377,6 +428,7 @@ struct event_store::impl {
   std::optional<std::string> first_error;
   std::atomic<std::uint64_t> written_count{0};
   std::atomic<std::uint64_t> queued_count{0};
+  std::atomic<std::uint64_t> arrivals_dropped_count{0};
 
   std::thread writer;
 
@@ -465,6 +517,10 @@ struct event_store::impl {
         exec(migrate_v2_to_v3, "cannot upgrade the trials table (schema 3) of");
         exec("PRAGMA user_version=3", "cannot set the schema version of");
       }
+      if (version < 4) {
+        exec(migrate_v3_to_v4, "cannot add the arrivals table (schema 4) to");
+        exec("PRAGMA user_version=4", "cannot set the schema version of");
+      }
       exec("COMMIT", "cannot commit the schema of");
     } catch (...) {
       sqlite3_exec(db.get(), "ROLLBACK", nullptr, nullptr, nullptr);
@@ -474,6 +530,10 @@ struct event_store::impl {
     insert_connection = prepare(insert_connection_sql);
     insert_trial = prepare(insert_trial_sql);
     insert_run = prepare(insert_run_sql);
+    insert_arrivals = prepare(insert_arrivals_sql);
+    if (opts.max_page_count > 0)
+      exec(("PRAGMA max_page_count=" + std::to_string(opts.max_page_count)).c_str(),
+           "cannot set max_page_count on");
     begin = prepare("BEGIN IMMEDIATE");
     commit = prepare("COMMIT");
     rollback = prepare("ROLLBACK");
@@ -520,6 +580,8 @@ struct event_store::impl {
         rc = SQLITE_OK;
       } else if (rc == SQLITE_OK) {
         ++result.written;
+        if (const auto* c = std::get_if<connection_record>(&batch[i]))
+          rc = write_arrivals(*c, result, error);
       } else {
         error = sqlite3_errmsg(db.get());
       }
@@ -531,11 +593,55 @@ struct event_store::impl {
       result.committed = true;
       return result;
     }
+    if ((rc & 0xff) == SQLITE_FULL) result.full = true;
     result.error = "writing " + std::to_string(batch.size()) + " records to " + opts.path +
                    " failed: " + error;
     // Some errors (disk full, I/O) roll back on their own; otherwise undo it ourselves.
     if (sqlite3_get_autocommit(db.get()) == 0) step_once(rollback.get(), nullptr);
     return result;
+  }
+
+  // Called with db_mutex held, right after r's row was inserted (its id is the last rowid).
+  // SQLITE_OK when the trace was written or dropped with the row kept; otherwise the error
+  // that fails the whole batch (its message in `error`).
+  int write_arrivals(const connection_record& r, batch_result& result, std::string& error) {
+    if (!r.arrivals || r.arrivals->mono_ns.empty()) return SQLITE_OK;
+    const auto& a = *r.arrivals;
+    const std::int64_t connection_id = sqlite3_last_insert_rowid(db.get());
+    const auto times_us = encode_offsets_us(a.mono_ns);
+    sqlite3_stmt* s = insert_arrivals.get();
+    binder b(s);
+    b(connection_id)(r.session_id)(r.client_id)(r.peer_address)(a.interval_ms)(a.mono_ns.front())(
+        static_cast<std::int64_t>(a.mono_ns.size()))(a.seen)(times_us);
+    int rc = b.result();
+    if (rc == SQLITE_OK) {
+      rc = sqlite3_step(s);
+      if (rc == SQLITE_DONE) rc = SQLITE_OK;
+    }
+    const std::string message = rc == SQLITE_OK ? "" : sqlite3_errmsg(db.get());
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    if (rc == SQLITE_OK) return rc;
+    const bool full = (rc & 0xff) == SQLITE_FULL;
+    // SQLite undid the statement only: the transaction goes on with the row, without the trace.
+    if (sqlite3_get_autocommit(db.get()) == 0 && (full || record_error(rc))) {
+      result.dropped_arrivals.push_back("arrivals of " + describe(r) + ": " + message);
+      return SQLITE_OK;
+    }
+    error = message;
+    return rc;
+  }
+
+  // Called with mutex held: leaves the batch's traces out (the file is full); returns how many.
+  std::size_t drop_arrivals(std::vector<item>& batch) {
+    std::size_t dropped = 0;
+    for (auto& it : batch)
+      if (auto* c = std::get_if<connection_record>(&it); c && c->arrivals) {
+        c->arrivals.reset();
+        ++dropped;
+      }
+    arrivals_dropped_count.fetch_add(dropped, std::memory_order_relaxed);
+    return dropped;
   }
 
   void run_writer() {
@@ -569,9 +675,19 @@ struct event_store::impl {
         }
         for (const auto& r : result.rejected)
           std::cerr << "deadpeer store: " << opts.path << ": rejected " << r << std::endl;
+        // A batch that failed is retried whole: nothing of it was dropped yet.
+        if (!result.committed) result.dropped_arrivals.clear();
+        for (const auto& r : result.dropped_arrivals)
+          std::cerr << "deadpeer store: " << opts.path << ": dropped the " << r
+                    << " (the connection row is kept)" << std::endl;
         lock.lock();
 
         if (!result.rejected.empty() && !first_error) first_error = result.rejected.front();
+        if (!result.dropped_arrivals.empty()) {
+          arrivals_dropped_count.fetch_add(result.dropped_arrivals.size(),
+                                           std::memory_order_relaxed);
+          if (!first_error) first_error = "dropped the " + result.dropped_arrivals.front();
+        }
         if (result.committed) {
           written_count.fetch_add(result.written, std::memory_order_relaxed);
           finish(batch.size());
@@ -582,6 +698,13 @@ struct event_store::impl {
 
         ++failed_attempts;
         if (!first_error) first_error = result.error;
+        if (result.full) {
+          // The file is full: the rows go first; their traces would only keep them out.
+          if (const std::size_t n = drop_arrivals(batch))
+            std::cerr << "deadpeer store: " << opts.path << ": the file is full; retrying "
+                      << batch.size() << " records without their " << n << " arrival trace(s)"
+                      << std::endl;
+        }
         progress.notify_all();
         if (stopping && ++shutdown_failures >= shutdown_attempts) {
           const std::size_t n = batch.size() + queue.size();
@@ -704,6 +827,10 @@ void event_store::flush() {
 
 std::uint64_t event_store::written() const {
   return impl_->written_count.load(std::memory_order_relaxed);
+}
+
+std::uint64_t event_store::arrivals_dropped() const {
+  return impl_->arrivals_dropped_count.load(std::memory_order_relaxed);
 }
 
 std::uint64_t event_store::queued() const {

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,12 +38,28 @@ class control_source {
   /// Calls `notify` once, the next time an event is appended (used for long-polls).
   /// Must be cheap; the API calls it once per waiting request.
   virtual void on_next_event(std::function<void()> notify) = 0;
+  /// GET /arrivals body (JSON object): the live connections whose heartbeat arrivals are
+  /// recorded. The default says that nothing is recorded.
+  virtual std::string arrivals_json() {
+    return R"({"record_arrivals":0,"record_sample":1,"connections":[]})";
+  }
+  /// GET /arrivals?session_id=ID&since=SEQ body (JSON object): the arrivals of that recorded
+  /// live connection numbered above `since`, at most `limit`; nullopt when no recorded live
+  /// connection has that session id (404). The default records nothing.
+  virtual std::optional<std::string> arrival_times_json(std::uint64_t /*session_id*/,
+                                                        std::uint64_t /*since*/,
+                                                        std::size_t /*limit*/) {
+    return std::nullopt;
+  }
 };
 
 /// The HTTP listener. Routes:
 ///   GET /status, GET /connections, GET /metrics,
 ///   GET /events?since=ID&wait=MS  (long-poll: returns at once if events exist, else waits
 ///                                  up to MS, at most 60000, for the next one)
+///   GET /arrivals                 (the live connections whose arrivals are recorded)
+///   GET /arrivals?session_id=ID&since=SEQ  (that connection's arrival times, in ms from its
+///                                  first arrival, numbered above SEQ, at most 10000)
 /// Unknown paths: 404; bad parameters or methods: 400/405; bodies of errors are JSON
 /// {"error": "..."}.
 class control_api {

@@ -6,7 +6,9 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <variant>
 
@@ -32,7 +34,73 @@ struct phi_detector_config {
   std::chrono::milliseconds acceptable_pause{3000};  ///< added to the mean: tolerated pause
 };
 
-using detector_config = std::variant<fixed_detector_config, phi_detector_config>;
+/// deadpeer's adaptive detector (detector.cpp explains the rules): dead after a silence longer
+/// than the longest the link has shown lately, stretched by a margin, never shorter than the
+/// protocol's sending promise nor longer than a cap. One default fits calm and rough links.
+struct adaptive_detector_config {
+  std::chrono::milliseconds interval{1000};  ///< the agreed heartbeat interval
+  /// How far beyond the longest remembered silence (measured from the mean gap) the verdict
+  /// waits, on a link just met: timeout = mean + (1 + m) x (longest - mean), where
+  /// m = margin x sqrt(fade / (fade + link time seen)): the margin is for the silences the link
+  /// has not shown yet, and shrinks as more of it is seen (halved after 3 x fade).
+  double margin = 1.0;
+  std::chrono::seconds margin_fades_over{600};
+  /// How long the longest silence is remembered (link time, in four slices: the oldest slice
+  /// is forgotten as a new one starts).
+  std::chrono::minutes memory{1200};
+  /// A floor that follows a change of regime within a few arrivals: mean + deviations x the
+  /// mean absolute deviation of the gaps (TCP's RTO rule uses 4 on round-trip times).
+  double deviations = 2.0;
+  /// Never dead before this multiple of the interval: the peer promises a frame within
+  /// 1.1 x interval of its previous one (protocol §6).
+  double min_multiplier = 1.1;
+  /// Never later than this multiple: the worst case, and the bound the probe measures against.
+  double max_multiplier = 10.0;
+  /// A link just met may still pause (a garbage collector, a busy host): until it has shown
+  /// its own silences, the verdict waits at least this long, a floor that fades as the margin
+  /// does (x sqrt(fade / (fade + link time seen))). Absolute time, not intervals: a pause
+  /// lasts as long as it lasts whatever the heartbeat rate.
+  std::chrono::milliseconds start_floor{3500};
+  /// For the first `warmup_arrivals` arrivals, at least start_multiplier x interval.
+  std::size_t warmup_arrivals = 3;
+  double start_multiplier = 2.0;
+};
+
+using detector_config =
+    std::variant<fixed_detector_config, phi_detector_config, adaptive_detector_config>;
+
+
+/// What an adaptive detector has learned of its link, for /connections and probe qos.
+struct detector_estimate {
+  double mean_gap_ms = 0;     ///< the mean silence between arrivals
+  double spread_ms = 0;       ///< its mean absolute deviation
+  double longest_gap_ms = 0;  ///< the longest silence remembered
+  double timeout_ms = 0;      ///< the silence after which the peer is now declared dead
+};
+
+/// The adaptive detector's learning, compact (48 bytes) so that the protocol engine keeps one
+/// inline per connection; the configuration and the connection's interval are passed to each
+/// call, so a server shares one configuration. detector.cpp explains the rules.
+class adaptive_state {
+ public:
+  explicit adaptive_state(std::chrono::milliseconds interval = std::chrono::milliseconds(1000));
+  /// A silence of `gap_ms` between two arrivals has ended.
+  void learn(const adaptive_detector_config& config, double gap_ms);
+  /// The silence after which the peer is declared dead, as things stand.
+  double timeout_ms(const adaptive_detector_config& config, std::chrono::milliseconds interval) const;
+  detector_estimate estimate(const adaptive_detector_config& config,
+                             std::chrono::milliseconds interval) const;
+
+ private:
+  static constexpr int slice_count = 4;
+  double slice_elapsed_ms_ = 0;  ///< link time in the current slice
+  double seen_ms_ = 0;           ///< link time since the start
+  float mean_ms_;
+  float deviation_ms_ = 0;
+  float longest_in_slice_ms_[slice_count] = {};
+  std::uint8_t current_ = 0;
+  std::uint8_t arrivals_ = 0;  ///< counted up to the warmup (at most 255)
+};
 
 /// Common interface. The detector starts at `start` as if a frame had just arrived.
 class failure_detector {
@@ -52,6 +120,8 @@ class failure_detector {
   virtual steady_time dead_at() const = 0;
   /// Short description with parameters, e.g. "fixed 3s" or "phi 8.0 (window 1000, ...)".
   virtual std::string describe() const = 0;
+  /// What the detector has learned of the link (adaptive and phi); nullopt for fixed.
+  virtual std::optional<detector_estimate> estimate() const { return std::nullopt; }
 };
 
 /// The fixed detector's silence limit: `timeout` when set, else multiplier × interval

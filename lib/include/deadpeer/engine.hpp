@@ -194,6 +194,8 @@ class protocol_engine {
   time_point opened() const { return opened_; }
   std::chrono::milliseconds interval() const { return std::chrono::milliseconds(interval_ms_); }
   std::uint64_t session_id() const { return session_id_; }
+  /// What the detector has learned of the peer's link (adaptive and phi, once established).
+  std::optional<detector_estimate> learned() const;
   /// Bytes of a partial frame held until the rest arrives.
   std::size_t buffered() const;
 
@@ -223,6 +225,7 @@ class protocol_engine {
 
   const engine_config* config_;
   std::unique_ptr<failure_detector> phi_;    ///< only for a phi detector
+  adaptive_state adaptive_;                  ///< the adaptive detector's learning (adaptive_on_)
   std::unique_ptr<std::vector<std::byte>> partial_;  ///< a frame still arriving
   std::unique_ptr<std::vector<std::byte>> held_data_;  ///< DATA queued before the handshake
   std::unique_ptr<session_end> end_;
@@ -246,6 +249,7 @@ class protocol_engine {
   bool send_closed_ = false;
   bool peer_finished_ = false;
   bool last_sent_answered_ = false;  ///< the last frame sent was a PONG or WELCOME
+  bool adaptive_on_ = false;         ///< the detector is adaptive_ (established)
 };
 
 }  // namespace deadpeer

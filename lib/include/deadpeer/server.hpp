@@ -58,6 +58,9 @@ struct connection_end {
   std::uint64_t session_id = 0;
 };
 
+/// The largest server_options::record_arrivals: 8 MB of arrivals per recorded connection.
+inline constexpr std::size_t max_record_arrivals = 1'000'000;
+
 struct server_options {
   boost::asio::ip::tcp::endpoint listen{boost::asio::ip::make_address("127.0.0.1"), 7700};
   /// HTTP control API address; nullopt: no API.
@@ -71,7 +74,7 @@ struct server_options {
   std::chrono::milliseconds min_interval{100};
   std::chrono::milliseconds max_interval{60000};
   std::chrono::milliseconds default_interval{1000};
-  detector_config detector = fixed_detector_config{};
+  detector_config detector = adaptive_detector_config{};  ///< docs/detectors.md
   std::chrono::milliseconds handshake_timeout{5000};
   std::chrono::milliseconds reap_interval{1000};
   /// A FIN without BYE: true ends the connection at once (peer_closed, detected by eof:
@@ -82,6 +85,16 @@ struct server_options {
   std::size_t max_per_ip = 1000;
   std::string auth_token;              ///< empty: no authentication
   std::size_t event_history = 100000;  ///< connection ends kept for GET /events
+  /// Heartbeat arrival traces, to tune a failure detector on real links (probe qos
+  /// --from-db): a recorded connection keeps the instants of its last `record_arrivals`
+  /// reads that brought bytes after the handshake (one per read, as the detectors see them:
+  /// any byte is life), served live by GET /arrivals and written to the store's `arrivals`
+  /// table with the connection's end. 0: off, and nothing is kept per connection. At most
+  /// max_record_arrivals; each kept arrival costs 8 bytes.
+  std::size_t record_arrivals = 0;
+  /// Record one established connection in `record_sample` (1: all), counted over every
+  /// loop: the 1st, the (K+1)th, ... Must be at least 1.
+  std::size_t record_sample = 1;
   /// Event loops (threads); 0: one per core.
   unsigned threads = 0;
   /// Let other processes listen on the same port (SO_REUSEPORT), to hold more connections

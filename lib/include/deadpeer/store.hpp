@@ -22,7 +22,7 @@ class store_error : public std::runtime_error {
 };
 
 /// Schema version kept in PRAGMA user_version.
-inline constexpr int store_schema_version = 3;
+inline constexpr int store_schema_version = 4;
 
 /// Round-trip times seen on one connection, in milliseconds.
 struct rtt_summary {
@@ -30,6 +30,14 @@ struct rtt_summary {
   double min_ms = 0;
   double mean_ms = 0;
   double max_ms = 0;
+};
+
+/// The heartbeat arrivals recorded on one connection (server_options::record_arrivals),
+/// written with its connection row to the `arrivals` table.
+struct arrival_trace {
+  std::int64_t interval_ms = 0;  ///< heartbeat interval agreed for the connection; 0: off
+  std::uint64_t seen = 0;        ///< arrivals seen on the connection; the last ones are kept
+  std::vector<std::int64_t> mono_ns;  ///< CLOCK_MONOTONIC ns of each kept arrival, oldest first
 };
 
 /// One ended connection, as the server saw it. Times: *_mono_ns are CLOCK_MONOTONIC
@@ -56,6 +64,10 @@ struct connection_record {
   std::string detector;  ///< failure_detector::describe()
   std::uint64_t frames_received = 0;
   std::uint64_t frames_sent = 0;
+  /// A recorded connection's arrivals (nullopt: not recorded). The store writes them in the
+  /// same transaction as the row; when they cannot be written (the file is full, the trace
+  /// too big) it drops them and keeps the row, saying so in last_error().
+  std::optional<arrival_trace> arrivals;
 };
 
 /// One probe invocation.
@@ -107,6 +119,9 @@ class event_store {
     std::string path;                            ///< created if missing
     std::chrono::milliseconds batch_window{50};  ///< longest a record waits in memory
     std::size_t max_batch = 2000;                ///< records per transaction at most
+    /// A cap on the file's size in pages (PRAGMA max_page_count); 0: SQLite's own. Past it a
+    /// write fails as on a full disk.
+    std::int64_t max_page_count = 0;
   };
 
   /// Opens or creates the file, sets WAL, creates or checks the schema. Throws
@@ -134,6 +149,9 @@ class event_store {
   /// Records committed so far, and still queued.
   std::uint64_t written() const;
   std::uint64_t queued() const;
+  /// Arrival traces dropped so that their connection rows could be written (a full file, a
+  /// trace SQLite refuses); each is also reported on stderr.
+  std::uint64_t arrivals_dropped() const;
   /// The first write error seen by the writer thread, if any (records are then kept
   /// queued and retried on the next batch, never silently dropped).
   std::optional<std::string> last_error() const;
