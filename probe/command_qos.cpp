@@ -15,6 +15,8 @@
 #include "cli.hpp"
 #include "gnuplot.hpp"
 #include "qos.hpp"
+#include "report.hpp"
+#include "report_text.hpp"
 
 #include <deadpeer/config_error.hpp>
 #include <deadpeer/duration.hpp>
@@ -138,22 +140,11 @@ std::string rate(double per_hour) {
 
 // --- CSV and JSON ----------------------------------------------------------------------
 
+using report::csv_field;
+
 /// Shortest text that reads back as the same double; empty for infinity or NaN.
 std::string number_text(double v) {
-  if (!std::isfinite(v)) return {};
-  char text[32];
-  const auto end = std::to_chars(text, text + sizeof text, v).ptr;
-  return std::string(text, end);
-}
-
-std::string csv_field(std::string_view text) {
-  if (text.find_first_of(",\"\r\n") == std::string_view::npos) return std::string(text);
-  std::string out = "\"";
-  for (const char c : text) {
-    if (c == '"') out += '"';
-    out += c;
-  }
-  return out + '"';
+  return std::isfinite(v) ? report::detail::number_text(v) : std::string();
 }
 
 constexpr const char* csv_header =
