@@ -163,17 +163,13 @@ std::optional<milliseconds> experiment_config::bound() const {
   const auto kernel = deadpeer::compute_bound(k, defaults);
   std::optional<milliseconds> heartbeat_bound;
   if (heartbeat) {
-    // The detector's verdict after the last arrival, which comes before the fault or at
-    // most a round trip after it (a frame in flight). A fixed timeout is exact, so a round
-    // trip and scheduling are all the slack it needs; phi's verdict depends on the history
-    // it learned, so it gets one interval more.
-    const std::chrono::steady_clock::time_point start{};
-    const auto d = deadpeer::make_detector(detector_settings(), start);
-    heartbeat_bound = std::chrono::ceil<milliseconds>(d->dead_at() - start) +
+    // The silence the detector promises (what WELCOME announces: fixed, its timeout; phi, its
+    // fresh verdict; adaptive, its cap) after the last arrival, which comes before the fault
+    // or at most a round trip after it (a frame in flight). A fixed timeout is exact, so a
+    // round trip and scheduling are all the slack it needs; phi's verdict depends on the
+    // history it learned, so it gets one interval more.
+    heartbeat_bound = deadpeer::dead_after_for(detector_settings(), *heartbeat) +
                       (detector == "phi" ? *heartbeat : kernel_notice_bound);
-    // The adaptive detector learns: its promise is its cap (what WELCOME announces).
-    if (detector == "adaptive")
-      heartbeat_bound = deadpeer::dead_after_for(detector_settings(), *heartbeat) + kernel_notice_bound;
   }
   auto smallest = [](std::optional<milliseconds> a, std::optional<milliseconds> b) {
     if (!a) return b;

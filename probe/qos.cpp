@@ -144,11 +144,6 @@ double trace_ms(deadpeer::steady_time t, double origin_ms) {
          ms_per_hour + origin_ms;
 }
 
-deadpeer::detector_config with_interval(deadpeer::detector_config config, milliseconds interval) {
-  std::visit([&](auto& c) { c.interval = interval; }, config);
-  return config;
-}
-
 std::string number(double v) {
   char text[32];
   std::snprintf(text, sizeof text, "%g", v);
@@ -198,7 +193,7 @@ quality evaluate(const trace& t, const deadpeer::detector_config& config, std::s
   if (a.size() < 2) throw std::invalid_argument("trace " + t.name + " has fewer than 2 arrivals");
   const double origin = a.front();
   const double span = a.back() - a.front();
-  auto detector = deadpeer::make_detector(with_interval(config, t.interval), instant(origin, origin));
+  auto detector = deadpeer::make_detector(deadpeer::with_interval(config, t.interval), instant(origin, origin));
 
   quality q;
   q.hours = span / ms_per_hour;

@@ -13,6 +13,7 @@
 // - The database is opened read-only with a busy timeout, so reading a live server's file
 //   neither blocks the server's writer nor fails on its commits.
 #include "qos.hpp"
+#include "sqlite_reader.hpp"
 
 #include <sqlite3.h>
 
@@ -31,8 +32,6 @@ namespace qos {
 namespace {
 
 using std::chrono::milliseconds;
-
-constexpr int read_busy_timeout_ms = 5000;
 
 std::string_view trimmed(std::string_view s) {
   const auto first = s.find_first_not_of(" \t\r\n");
@@ -59,26 +58,9 @@ std::string format_ms(double value_ms) {
   return s + " ms";
 }
 
-struct db_closer {
-  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
-};
-struct statement_finalizer {
-  void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
-};
-using db_handle = std::unique_ptr<sqlite3, db_closer>;
-using statement_handle = std::unique_ptr<sqlite3_stmt, statement_finalizer>;
+using sqlite::column_text;
+using sqlite::prepare;
 
-statement_handle prepare(sqlite3* db, const std::string& path, const char* sql) {
-  sqlite3_stmt* raw = nullptr;
-  if (sqlite3_prepare_v2(db, sql, -1, &raw, nullptr) != SQLITE_OK)
-    throw std::runtime_error("cannot read " + path + ": " + sqlite3_errmsg(db));
-  return statement_handle(raw);
-}
-
-std::string column_text(sqlite3_stmt* s, int column) {
-  const auto* text = sqlite3_column_text(s, column);
-  return text ? reinterpret_cast<const char*>(text) : "";
-}
 
 // The median gap of a trace in whole milliseconds, at least 1 (interval_ms 0: heartbeats off).
 milliseconds median_gap(const std::vector<double>& arrival_ms) {
@@ -137,13 +119,7 @@ std::vector<trace> read_traces_from_db(const std::string& path, std::size_t min_
   if (!std::filesystem::exists(path, ec))
     throw std::runtime_error(path + ": no such file (a database written by heartbeat-server "
                                     "--record-arrivals or by probe run)");
-  sqlite3* raw = nullptr;
-  const int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READONLY, nullptr);
-  db_handle db(raw);
-  if (rc != SQLITE_OK)
-    throw std::runtime_error("cannot open " + path + ": " +
-                             (raw ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)));
-  sqlite3_busy_timeout(db.get(), read_busy_timeout_ms);
+  const auto db = sqlite::open_read_only(path);
 
   {
     // The first statement that reads the file is where "file is not a database" shows up.

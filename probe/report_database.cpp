@@ -3,6 +3,7 @@
 #include "report.hpp"
 
 #include "cli.hpp"
+#include "sqlite_reader.hpp"
 
 #include <boost/json.hpp>
 #include <sqlite3.h>
@@ -25,29 +26,10 @@ std::string no_results(const std::string& path) {
 
 // --- SQLite ----------------------------------------------------------------------------
 
-struct db_closer {
-  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
-};
-struct stmt_finalizer {
-  void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
-};
-using db_ptr = std::unique_ptr<sqlite3, db_closer>;
-using stmt_ptr = std::unique_ptr<sqlite3_stmt, stmt_finalizer>;
+using sqlite::column_text;
+using sqlite::prepare;
+using sqlite::stmt_ptr;
 
-stmt_ptr prepare(sqlite3* db, const std::string& path, const char* sql) {
-  sqlite3_stmt* s = nullptr;
-  if (sqlite3_prepare_v2(db, sql, -1, &s, nullptr) != SQLITE_OK) {
-    const std::string why = sqlite3_errmsg(db);
-    sqlite3_finalize(s);
-    throw usage_error("cannot read " + path + ": " + why);
-  }
-  return stmt_ptr(s);
-}
-
-std::string column_text(sqlite3_stmt* s, int column) {
-  const auto* text = sqlite3_column_text(s, column);
-  return text == nullptr ? std::string() : std::string(reinterpret_cast<const char*>(text));
-}
 
 /// The single integer a one-row query returns (0 for NULL).
 std::int64_t query_integer(sqlite3* db, const std::string& path, const char* sql) {
@@ -78,13 +60,7 @@ std::vector<trial_row> load_trials(const std::string& path, const run_selection&
   if (!fs::exists(path, ec))
     throw usage_error(path + " does not exist: no results yet (run probe --simulate-crash first, "
                       "or give the database with --db FILE)");
-  sqlite3* raw = nullptr;
-  const int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READONLY, nullptr);
-  db_ptr db(raw);
-  if (rc != SQLITE_OK)
-    throw usage_error("cannot read " + path + ": " +
-                      (raw != nullptr ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)));
-  sqlite3_busy_timeout(db.get(), 5000);
+  const auto db = sqlite::open_read_only(path);
 
   if (query_integer(db.get(), path,
                     "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = "

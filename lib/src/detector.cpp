@@ -265,15 +265,13 @@ std::string describe_adaptive(const adaptive_detector_config& c) {
 class adaptive_detector final : public failure_detector {
  public:
   adaptive_detector(const adaptive_detector_config& config, steady_time start)
-      : config_(config), state_(config.interval), last_(start) {
-    dead_at_ = saturating_add(last_, ms_to_ticks_saturating(state_.timeout_ms(config_, config_.interval)));
-  }
+      : config_(config), state_(config.interval), last_(start), dead_at_(verdict_after(start)) {}
 
   void record_arrival(steady_time now) override {
     if (now < last_) return;
     state_.learn(config_, to_ms(elapsed(last_, now)));
     last_ = now;
-    dead_at_ = saturating_add(last_, ms_to_ticks_saturating(state_.timeout_ms(config_, config_.interval)));
+    dead_at_ = verdict_after(now);
   }
   steady_time last_arrival() const override { return last_; }
   double suspicion(steady_time now) const override {
@@ -287,6 +285,10 @@ class adaptive_detector final : public failure_detector {
   }
 
  private:
+  steady_time verdict_after(steady_time arrival) const {
+    return saturating_add(arrival, ms_to_ticks_saturating(state_.timeout_ms(config_, config_.interval)));
+  }
+
   adaptive_detector_config config_;
   adaptive_state state_;
   steady_time last_;
@@ -362,7 +364,7 @@ void adaptive_state::learn(const adaptive_detector_config& c, double gap_ms) {
 double adaptive_state::timeout_ms(const adaptive_detector_config& c, milliseconds interval) const {
   const double interval_ms = static_cast<double>(interval.count());
   const double mean = mean_ms_;
-  const double longest = *std::max_element(std::begin(longest_in_slice_ms_), std::end(longest_in_slice_ms_));
+  const double longest = longest_ms();
   // The margin covers what the link has not shown yet: it shrinks as more of it is seen.
   const double fade_ms = static_cast<double>(std::chrono::duration_cast<milliseconds>(c.margin_fades_over).count());
   const double unseen = std::sqrt(fade_ms / (fade_ms + seen_ms_));  // 1 at the start, then less
@@ -374,9 +376,11 @@ double adaptive_state::timeout_ms(const adaptive_detector_config& c, millisecond
 }
 
 detector_estimate adaptive_state::estimate(const adaptive_detector_config& c, milliseconds interval) const {
-  return {mean_ms_, deviation_ms_,
-          *std::max_element(std::begin(longest_in_slice_ms_), std::end(longest_in_slice_ms_)),
-          timeout_ms(c, interval)};
+  return {mean_ms_, deviation_ms_, longest_ms(), timeout_ms(c, interval)};
+}
+
+double adaptive_state::longest_ms() const {
+  return *std::max_element(std::begin(longest_in_slice_ms_), std::end(longest_in_slice_ms_));
 }
 
 milliseconds fixed_timeout(const fixed_detector_config& c) {
@@ -397,6 +401,11 @@ milliseconds fixed_timeout(const fixed_detector_config& c) {
   const milliseconds timeout(std::llround(product));
   if (timeout <= milliseconds(0)) fail(name, what + " rounds to 0ms; the timeout must be >= 1ms");
   return timeout;
+}
+
+detector_config with_interval(detector_config config, milliseconds interval) {
+  std::visit([&](auto& c) { c.interval = interval; }, config);
+  return config;
 }
 
 std::unique_ptr<failure_detector> make_detector(const detector_config& config, steady_time start) {

@@ -54,11 +54,6 @@ std::string clip_error_text(std::string text) {
   return text;
 }
 
-detector_config with_interval(detector_config config, milliseconds interval) {
-  std::visit([&](auto& c) { c.interval = interval; }, config);
-  return config;
-}
-
 std::string_view frame_name(const wire::frame& f) {
   return wire::to_string(wire::type_of(f));
 }

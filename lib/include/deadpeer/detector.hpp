@@ -93,6 +93,7 @@ class adaptive_state {
 
  private:
   static constexpr int slice_count = 4;
+  double longest_ms() const;  ///< the longest gap remembered
   double slice_elapsed_ms_ = 0;  ///< link time in the current slice
   double seen_ms_ = 0;           ///< link time since the start
   float mean_ms_;
@@ -128,6 +129,9 @@ class failure_detector {
 /// rounded to whole milliseconds. Throws config_error like make_detector. The protocol
 /// engine keeps this one number inline instead of a detector object per connection.
 std::chrono::milliseconds fixed_timeout(const fixed_detector_config& config);
+
+/// The same configuration with its heartbeat interval replaced (the one a connection agreed).
+detector_config with_interval(detector_config config, std::chrono::milliseconds interval);
 
 /// Builds a detector from its configuration; `start` counts as the first arrival.
 /// Throws config_error for nonsense parameters (non-positive interval, multiplier or
