@@ -73,7 +73,9 @@ struct served_connection {
       // read the log first, so the socket's snapshot is taken after the options were set.
       const bool announced = !announces || read_file(log).find("deadpeer-preload") != std::string::npos;
       server_side = diag.find(server_end, client.local_endpoint());
-      if (server_side && announced) break;
+      // Until the program accepts, its side waits in the listener's queue with no inode: no
+      // process holds it yet, so doctor could not attribute it to the server.
+      if (server_side && server_side->inode != 0 && announced) break;
       std::this_thread::sleep_for(20ms);
     }
   }

@@ -9,6 +9,7 @@
 #include "temp_dir.hpp"
 
 #include <deadpeer/config_error.hpp>
+#include <deadpeer/server.hpp>
 
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
@@ -206,8 +207,16 @@ TEST_CASE("qos: phi and adaptive settings replay, and the default sweep holds th
   std::set<std::string> kinds;
   for (const auto& s : sweep) kinds.insert(s.kind);
   CHECK(kinds == std::set<std::string>{"fixed", "phi", "adaptive"});
+  // The setting marked as the server default is the detector heartbeat-server really runs.
   const auto d = qos::default_setting(sweep);
-  CHECK(sweep[d].server_default);
+  const auto* marked = std::get_if<deadpeer::adaptive_detector_config>(&sweep[d].config);
+  const deadpeer::server_options server_defaults;
+  const auto* server = std::get_if<deadpeer::adaptive_detector_config>(&server_defaults.detector);
+  REQUIRE(marked);
+  REQUIRE(server);
+  CHECK(marked->margin == server->margin);
+  CHECK(marked->memory == server->memory);
+  CHECK(marked->start_floor == server->start_floor);
   CHECK(std::count_if(sweep.begin(), sweep.end(), [](const auto& s) { return s.server_default; }) == 1);
 
   for (const auto& s : sweep) {
@@ -314,11 +323,11 @@ TEST_CASE("qos command: JSON has a row per trace x setting and the analysis, CSV
     const auto& t = entry.as_object();
     CHECK(t.at("fastest_within_budget").as_object().contains("fixed"));
     CHECK(t.at("fixed_at_default_mistakes").as_object().at("timeout_ms").as_int64() > 0);
-    CHECK(t.at("default_over_fixed").as_double() > 0);
-    CHECK(t.at("single_fixed").as_object().at("td_mean_ms").as_double() > 0);
+    CHECK(t.at("default_over_fixed").to_number<double>() > 0);
+    CHECK(t.at("single_fixed").as_object().at("td_mean_ms").to_number<double>() > 0);
   }
-  CHECK(root.at("single_fixed_multiplier").as_double() > 1);
-  CHECK(root.at("budget_per_hour").as_double() == 0.1);
+  CHECK(root.at("single_fixed_multiplier").to_number<double>() > 1);
+  CHECK(root.at("budget_per_hour").to_number<double>() == 0.1);
   // Exit 1 exactly when the default is over the budget on some trace.
   const bool meets = root.at("default_meets_budget_everywhere").as_bool();
   CHECK(r.exit_code == (meets ? 0 : 1));
@@ -336,7 +345,7 @@ TEST_CASE("qos command: JSON has a row per trace x setting and the analysis, CSV
   double rate = 0;
   const char* begin = csv.out.data() + at + line.size();
   std::from_chars(begin, csv.out.data() + csv.out.size(), rate);
-  CHECK(rate == Approx(first.at("mistakes_per_hour").as_double()).epsilon(1e-12));
+  CHECK(rate == Approx(first.at("mistakes_per_hour").to_number<double>()).epsilon(1e-12));
   const auto table = run_qos({"--hours", "2", "--family", "calm,gc"});
   CHECK(table.exit_code == r.exit_code);
   CHECK_THAT(table.out, Catch::Contains("== calm:") && Catch::Contains("== gc:") &&
@@ -408,8 +417,8 @@ TEST_CASE("qos command: a trace file replays to the same numbers as the trace in
     CHECK(row.at("trace").as_string() == path);
     const auto q = qos::evaluate(t, sweep[s].config, 5000, 1);
     CHECK(row.at("mistakes").as_int64() == static_cast<std::int64_t>(q.mistakes));
-    CHECK(row.at("td_mean_ms").as_double() == Approx(q.td_mean_ms).epsilon(1e-12));
-    CHECK(row.at("td_p99_ms").as_double() == Approx(q.td_p99_ms).epsilon(1e-12));
+    CHECK(row.at("td_mean_ms").to_number<double>() == Approx(q.td_mean_ms).epsilon(1e-12));
+    CHECK(row.at("td_p99_ms").to_number<double>() == Approx(q.td_p99_ms).epsilon(1e-12));
   }
 
   // A trace whose silence no default detector waits out (a minute at 1 s heartbeats) makes
