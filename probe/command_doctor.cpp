@@ -3,6 +3,7 @@
 #include "cli.hpp"
 #include "doctor.hpp"
 
+#include <deadpeer/json_text.hpp>
 #include <deadpeer/duration.hpp>
 #include <deadpeer/endpoint.hpp>
 #include <deadpeer/keepalive.hpp>
@@ -236,7 +237,7 @@ int command_doctor(const std::vector<std::string>& args) {
   const auto host = doctor::scan(only);
   const auto report = doctor::diagnose(host, only, limits);
   if (vm.count("json") != 0)
-    std::cout << json::serialize(report_json(report, host, limits)) << "\n";
+    std::cout << deadpeer::json_text(report_json(report, host, limits)) << "\n";
   else
     print_table(report, host, limits);
   return report.findings.empty() ? exit_ok : exit_negative;

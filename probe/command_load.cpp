@@ -9,6 +9,7 @@
 #include "http_client.hpp"
 #include "load.hpp"
 
+#include <deadpeer/json_text.hpp>
 #include <deadpeer/clock.hpp>
 #include <deadpeer/config_error.hpp>
 #include <deadpeer/duration.hpp>
@@ -494,7 +495,7 @@ int run_as_child(load_settings& s) {
   s.engine.hard_deadline_ns = deadpeer::monotonic_ns() + overall_budget_ns(s) + 10'000'000'000;
   load::engine engine(s.engine);
   const auto emit = [](const json::object& o) {
-    const auto line = json::serialize(o) + "\n";
+    const auto line = deadpeer::json_text(o) + "\n";
     (void)!::write(STDOUT_FILENO, line.data(), line.size());
   };
   const auto progress_json = [](const load::progress& p) {
@@ -833,7 +834,7 @@ std::string counts_text(const json::object& counts) {
   if (counts.empty()) return "none";
   std::string text;
   for (const auto& [k, n] : counts)
-    text += (text.empty() ? "" : ", ") + std::string(k) + " " + json::serialize(n);
+    text += (text.empty() ? "" : ", ") + std::string(k) + " " + deadpeer::json_text(n);
   return text;
 }
 
@@ -856,7 +857,7 @@ void print_table(const json::object& o, std::ostream& out) {
       << u("pongs_received") << ", server pings answered " << u("server_pings_answered") << "\n";
   out << "  rtt          p50 " << fixed(d(rtt.at("p50_ms")), 3) << " ms, p99 "
       << fixed(d(rtt.at("p99_ms")), 3) << " ms, max " << fixed(d(rtt.at("max_ms")), 3) << " ms ("
-      << json::serialize(rtt.at("samples")) << " samples)\n";
+      << deadpeer::json_text(rtt.at("samples")) << " samples)\n";
   out << "  verdicts     " << counts_text(o.at("verdicts").as_object()) << "\n";
   if (d(o.at("storm_per_s")) > 0)
     out << "  storm        " << u("storm_disconnects") << " resets, " << u("reconnects")
@@ -1064,7 +1065,7 @@ class database {
     integer(server.at("leaked_fds"));
     integer(server.at("live_at_hold_end"));
     integer(server.at("live_after_close"));
-    text(json::serialize(o));
+    text(deadpeer::json_text(o));
     const int rc = sqlite3_step(st);
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE) fail("cannot insert into load_runs of");
@@ -1123,7 +1124,7 @@ int command_load(const std::vector<std::string>& args) {
     report["load_run_id"] = id;
   }
   if (s.json)
-    std::cout << json::serialize(report) << std::endl;
+    std::cout << deadpeer::json_text(report) << std::endl;
   else
     print_table(report, std::cout);
   if (!s.json && db && complete)

@@ -18,6 +18,7 @@
 #include "report.hpp"
 #include "report_text.hpp"
 
+#include <deadpeer/json_text.hpp>
 #include <deadpeer/config_error.hpp>
 #include <deadpeer/duration.hpp>
 #include <deadpeer/server.hpp>
@@ -245,7 +246,7 @@ std::string format_json(const std::vector<trace_result>& results, const std::vec
       {"rows", std::move(rows)},
       {"traces", std::move(traces)},
   };
-  return json::serialize(root) + "\n";
+  return deadpeer::json_text(root) + "\n";
 }
 
 // --- the frontier plot ------------------------------------------------------------------

@@ -9,6 +9,7 @@
 #include "noise_faults.hpp"
 #include "teardown_faults.hpp"
 
+#include <deadpeer/json_text.hpp>
 #include <deadpeer/config_error.hpp>
 #include <deadpeer/duration.hpp>
 #include <deadpeer/endpoint.hpp>
@@ -521,7 +522,7 @@ int command_run(const std::vector<std::string>& args) {
                << (config.target ? ", limit " + deadpeer::format_duration(config.hard_limit()) : "")
                << std::endl;  // before the first trial, even when stdout is a pipe
   const auto run_id =
-      begin_run(config.db, command_line("run", args), json::serialize(config_json(vm)));
+      begin_run(config.db, command_line("run", args), deadpeer::json_text(config_json(vm)));
   json::array out;
   const auto results =
       run_experiment(config, run_id, 1, [&](const experiment_config& c, const trial_result& r) {
@@ -538,7 +539,7 @@ int command_run(const std::vector<std::string>& args) {
         out.push_back(trial_json(c, r));
       });
   if (config.json) {
-    std::cout << json::serialize(out) << std::endl;
+    std::cout << deadpeer::json_text(out) << std::endl;
   } else {
     std::cout << "\n";
     (void)command_report({"--db", config.db, "--run", std::to_string(run_id)});
@@ -669,7 +670,7 @@ int command_sweep(const std::vector<std::string>& args) {
     return exit_ok;
   }
   const auto run_id =
-      begin_run(base.db, command_line("sweep", args), json::serialize(config_json(vm)));
+      begin_run(base.db, command_line("sweep", args), deadpeer::json_text(config_json(vm)));
   const auto started = std::chrono::steady_clock::now();
   const bool tty = ::isatty(STDERR_FILENO) != 0;
   json::array out;
@@ -697,7 +698,7 @@ int command_sweep(const std::vector<std::string>& args) {
   }
   if (tty) std::cerr << "\n";
   if (base.json)
-    std::cout << json::serialize(out) << std::endl;
+    std::cout << deadpeer::json_text(out) << std::endl;
   else
     (void)command_report({"--db", base.db, "--run", std::to_string(run_id)});
   if (interrupted()) {

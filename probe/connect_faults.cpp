@@ -16,6 +16,7 @@
 #include "cli.hpp"
 #include "lab.hpp"
 
+#include <deadpeer/json_text.hpp>
 #include <deadpeer/cause.hpp>
 #include <deadpeer/clock.hpp>
 #include <deadpeer/duration.hpp>
@@ -306,7 +307,7 @@ std::vector<trial_result> run_connect_experiment(const experiment_config& config
     }
     if (c.fault == "synack-drop")
       d["server_half_open_ms"] = deadpeer::synack_give_up_time(settings.synack_retries).count();
-    r.details = json::serialize(d);
+    r.details = deadpeer::json_text(d);
 
     network.heal_connect_faults();
     store_trial(store, c, run_id, r, t0, ended_ns, "");

@@ -5,6 +5,7 @@
 #include "cli.hpp"
 #include "wire_observer.hpp"
 
+#include <deadpeer/json_text.hpp>
 #include <deadpeer/cause.hpp>
 #include <deadpeer/clock.hpp>
 #include <deadpeer/duration.hpp>
@@ -470,7 +471,7 @@ std::vector<trial_result> run_early_reject_experiment(const experiment_config& c
     if (t0 != 0 && server.closed_ns != 0) s["closed_after_answer_ms"] = ms_between(t0, server.closed_ns);
     s["segment"] = r.wire_segment;
     d["server"] = std::move(s);
-    r.details = json::serialize(d);
+    r.details = deadpeer::json_text(d);
 
     // The note says what happened in words, then what it looks like elsewhere.
     if (config.server_close == "naive")

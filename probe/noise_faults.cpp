@@ -11,6 +11,7 @@
 #include "http_client.hpp"
 #include "lab.hpp"
 
+#include <deadpeer/json_text.hpp>
 #include <deadpeer/clock.hpp>
 #include <deadpeer/duration.hpp>
 #include <deadpeer/endpoint.hpp>
@@ -327,8 +328,8 @@ std::vector<trial_result> run_noise_experiment(const experiment_config& config,
                  std::to_string(details.at("packets_out").as_uint64()) + " out");
     else if (const auto* n = details.if_contains("pauses_injected"))
       r.add_note(std::to_string(n->as_uint64()) + " pauses, the longest " +
-                 one_decimal(details.at("longest_pause_ms").as_double()) + " ms");
-    r.details = json::serialize(details);
+                 one_decimal(details.at("longest_pause_ms").to_number<double>()) + " ms");
+    r.details = deadpeer::json_text(details);
 
     victim->signal(SIGCONT);
     victim->signal(SIGKILL);

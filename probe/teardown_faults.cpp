@@ -22,6 +22,7 @@
 #include "cli.hpp"
 #include "lab.hpp"
 
+#include <deadpeer/json_text.hpp>
 #include <deadpeer/cause.hpp>
 #include <deadpeer/clock.hpp>
 #include <deadpeer/duration.hpp>
@@ -351,7 +352,7 @@ std::vector<trial_result> run_teardown_experiment(const experiment_config& confi
     d["bound_ms"] = bound.latest.count();
     d["ended_by"] = bound.ended_by;
     d["polls"] = polls;
-    r.details = json::serialize(d);
+    r.details = deadpeer::json_text(d);
 
     network.heal_teardown_faults();
     conn.peer.reset();

@@ -123,7 +123,7 @@ TEST_CASE("end to end: crash, hang, half-close and takeover against heartbeat-se
   CHECK(str(event.at("client_id")) == "hang");
   CHECK(str(event.at("cause")) == "heartbeat_timeout");
   CHECK(str(event.at("detected_by")) == "heartbeat");
-  const double silence = event.at("silence_ms").as_double();
+  const double silence = event.at("silence_ms").to_number<double>();
   INFO("hang noticed after " << silence << " ms of silence");
   // The default detector is adaptive: never before 1.1 intervals (the protocol's sending
   // promise), never after its cap of 10 intervals (+ one interval of timer slack).

@@ -241,11 +241,11 @@ TEST_CASE("probe load --storm-burst drops 500 clients at once and times their re
   CHECK(u64(run.report, "reconnects") == 500);
   // The last reconnect was drawn from the whole 200 ms window (max of 500 draws) and all
   // were back well before the hold ended.
-  const double all_back_ms = burst.at("all_back_ms").as_double();
+  const double all_back_ms = burst.at("all_back_ms").to_number<double>();
   CHECK(all_back_ms > 150);
   CHECK(all_back_ms < 2000);
-  CHECK(burst.at("last_back_ms").as_double() == Approx(all_back_ms));
-  CHECK(burst.at("handshake_rate_per_s").as_double() == Approx(500 * 1000.0 / all_back_ms));
+  CHECK(burst.at("last_back_ms").to_number<double>() == Approx(all_back_ms));
+  CHECK(burst.at("handshake_rate_per_s").to_number<double>() == Approx(500 * 1000.0 / all_back_ms));
   CHECK(u64(run.report, "held_at_end") == 500);
   CHECK(u64(run.report, "closed_gracefully") == 500);
   // The server replaced each dropped session (same client id) or reaped it: none left over.

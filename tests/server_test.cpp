@@ -223,7 +223,7 @@ TEST_CASE("server: a silent client is declared dead by its heartbeat detector") 
   const auto event = f.next_event(since);
   CHECK(str(event.at("cause")) == "heartbeat_timeout");
   CHECK(str(event.at("detected_by")) == "heartbeat");
-  const double silence = event.at("silence_ms").as_double();
+  const double silence = event.at("silence_ms").to_number<double>();
   CHECK(silence >= 300.0);
   CHECK(silence <= 400.0);
 }
@@ -247,14 +247,14 @@ TEST_CASE("server: the adaptive detector (the default) learns the link, shows it
   const auto connections = f.get_json("/connections").as_array();
   REQUIRE(connections.size() == 1);
   const auto& learned = connections[0].at("detector").as_object();
-  CHECK(learned.at("longest_gap_ms").as_double() >= 100.0);
-  CHECK(learned.at("timeout_ms").as_double() >= 300.0);    // the floor at least
-  CHECK(learned.at("timeout_ms").as_double() <= 1000.0);   // the cap at most
+  CHECK(learned.at("longest_gap_ms").to_number<double>() >= 100.0);
+  CHECK(learned.at("timeout_ms").to_number<double>() >= 300.0);    // the floor at least
+  CHECK(learned.at("timeout_ms").to_number<double>() <= 1000.0);   // the cap at most
   // Silent from now on: the verdict comes after the learned timeout, well before the cap.
   const auto event = f.next_event(since);
   CHECK(str(event.at("cause")) == "heartbeat_timeout");
   CHECK(str(event.at("detected_by")) == "heartbeat");
-  const double silence = event.at("silence_ms").as_double();
+  const double silence = event.at("silence_ms").to_number<double>();
   CHECK(silence >= 300.0);
   CHECK(silence <= 1100.0);
 }

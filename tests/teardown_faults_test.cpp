@@ -245,7 +245,7 @@ TEST_CASE("time-wait: a complete close stays in TIME_WAIT for its fixed minute",
   if (!lab_available()) return;
   const auto d =
       run_one("time-wait", "local_close", "none", {"FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "gone"});
-  CHECK(d.at("state_ms").as_double() >= 60'000.0);
+  CHECK(d.at("state_ms").to_number<double>() >= 60'000.0);
 }
 
 TEST_CASE("teardown faults: the sysctls change in the lab's server namespace only") {

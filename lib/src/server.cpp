@@ -4,6 +4,7 @@
 // registry's invariant: a client id maps to the connection that was admitted last with
 // it, for as long as that connection lives; `admitted` and `per_ip` count exactly the
 // admitted connections that have not been released.
+#include <deadpeer/json_text.hpp>
 #include <deadpeer/endpoint.hpp>
 #include <deadpeer/server.hpp>
 
@@ -367,7 +368,7 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
       e["last_heard_mono_ns"] = end.end.last_heard_ns;
       e["silence_ms"] = ms(end.end.decided_ns - end.end.last_heard_ns);
       e["ended_unix_ms"] = r.ended_unix_ms;
-      events.push_back({next_event_id++, json::serialize(e)});
+      events.push_back({next_event_id++, deadpeer::json_text(e)});
       if (options.on_event)
         asio::post(io, [self = shared_from_this(), text = events.back().json] {
           self->options.on_event(text);
@@ -424,7 +425,7 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
       if (const auto error = store->last_error()) s["error"] = *error;
       o["store"] = std::move(s);
     }
-    return json::serialize(o);
+    return deadpeer::json_text(o);
   }
 
   std::string connections_json() override {
@@ -432,7 +433,7 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
     for (auto& part : gather<json::array>([](server_loop& l) { return l.connections_json(); }))
       for (auto& c : part)
         all.push_back(std::move(c));
-    return json::serialize(all);
+    return deadpeer::json_text(all);
   }
 
   std::string arrivals_json() override {
@@ -448,7 +449,7 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
     o["record_arrivals"] = options.record_arrivals;
     o["record_sample"] = options.record_sample;
     o["connections"] = std::move(all);
-    return json::serialize(o);
+    return deadpeer::json_text(o);
   }
 
   // Times in ms from the connection's first arrival, written as exact microseconds
@@ -471,7 +472,7 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
     o["origin_mono_ns"] = a.origin_ns;
     o["first"] = a.first;
     o["next"] = a.mono_ns.empty() ? since : a.first + a.mono_ns.size() - 1;
-    std::string body = json::serialize(o);
+    std::string body = deadpeer::json_text(o);
     body.pop_back();  // the closing brace: times_ms goes last
     body += ",\"times_ms\":[";
     char number[32];
