@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <mutex>
 #include <set>
@@ -480,8 +481,85 @@ TEST_CASE("server: /metrics is valid Prometheus text with the documented familie
       CHECK(value >= last_bucket);
       last_bucket = value;
     }
-    if (name == current + "_count") CHECK(value == last_bucket);
+    if (name == current + "_count") {
+      CHECK(value == last_bucket);
+      last_bucket = -1;  // the next label set's buckets start again
+    }
   }
+}
+
+TEST_CASE("server: /metrics writes known series from the start, exact le labels, detections "
+          "apart from agreed ends, and passes promtool") {
+  server_fixture f;
+  const auto metrics = [&] {
+    const auto r = http_get(f.control_port(), "/metrics");
+    REQUIRE(r.status == 200);
+    return r.body;
+  };
+  const auto before = metrics();
+  INFO(before);
+  // Before any connection: the series alerts are written against already exist, at 0.
+  for (const char* series :
+       {"deadpeer_detections_total{cause=\"heartbeat_timeout\",detected_by=\"heartbeat\"} 0\n",
+        "deadpeer_detections_total{cause=\"keepalive_timeout\",detected_by=\"keepalive\"} 0\n",
+        "deadpeer_agreed_ends_total{cause=\"peer_closed\"} 0\n",
+        "deadpeer_rejected_total{reason=\"server_full\"} 0\n",
+        "deadpeer_reaped_total{reason=\"close_wait\"} 0\n",
+        "deadpeer_superseded_total 0\n", "deadpeer_established_connections 0\n",
+        // A bucket bound is written as people type it, so {le="0.005"} matches.
+        "deadpeer_detection_latency_seconds_bucket{detected_by=\"heartbeat\",le=\"0.005\"} 0\n",
+        "deadpeer_heartbeat_rtt_seconds_bucket{le=\"0.00025\"} 0\n",
+        "deadpeer_build_info{version=\"", "process_open_fds ", "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ", "process_start_time_seconds "})
+    CHECK_THAT(before, Catch::Contains(series));
+  CHECK_THAT(before, !Catch::Contains("000000000"));  // no 17-digit renderings of a bound
+  CHECK_THAT(before, Catch::Contains("deadpeer_store_queue_depth 0\n") &&
+                         Catch::Contains("deadpeer_store_failing 0\n"));
+
+  std::uint64_t since = 0;
+  {
+    raw_peer polite(f.port());
+    polite.handshake("polite", 5s);
+    polite.send_frame(wire::bye{});
+    (void)polite.read_to_end();
+  }
+  (void)f.next_event(since);
+  {
+    raw_peer vanishing(f.port());
+    vanishing.handshake("vanishing", 5s);
+  }  // closed without BYE: the server detects the FIN
+  (void)f.next_event(since);
+  const auto after = metrics();
+  INFO(after);
+  CHECK_THAT(after, Catch::Contains("deadpeer_agreed_ends_total{cause=\"peer_closed\"} 1\n"));
+  CHECK_THAT(after, Catch::Contains(
+                        "deadpeer_detections_total{cause=\"peer_closed\",detected_by=\"eof\"} 1\n"));
+  // Only the detection is in the latency histogram, under its mechanism.
+  CHECK_THAT(after, Catch::Contains("deadpeer_detection_latency_seconds_count{detected_by=\"eof\"} 1\n"));
+  CHECK_THAT(after, Catch::Contains(
+                        "deadpeer_detection_latency_seconds_count{detected_by=\"heartbeat\"} 0\n"));
+  CHECK_THAT(after, Catch::Contains("deadpeer_accepted_connections_total 2\n"));
+
+  // Prometheus' own linter, when installed (scripts/setup installs it).
+  if (!std::filesystem::exists("/usr/bin/promtool")) {
+    WARN("SKIPPED: promtool is not installed (Debian package prometheus; scripts/setup installs it)");
+    return;
+  }
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("deadpeer-metrics-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream(dir / "metrics.txt") << after;
+  }
+  const auto command = "/usr/bin/promtool check metrics < '" + (dir / "metrics.txt").string() +
+                       "' > '" + (dir / "promtool.txt").string() + "' 2>&1";
+  const int status = std::system(command.c_str());
+  std::ifstream verdict(dir / "promtool.txt");
+  const std::string said((std::istreambuf_iterator<char>(verdict)), std::istreambuf_iterator<char>());
+  std::filesystem::remove_all(dir);
+  INFO("promtool said: " << said);
+  CHECK(status == 0);
+  CHECK(said.empty());  // no lint complaints either
 }
 
 TEST_CASE("server: /events long-poll answers when an end happens") {

@@ -21,6 +21,9 @@ class histogram {
   void merge(const histogram& other);
   /// Appends the family (HELP, TYPE, buckets, _sum, _count).
   void write(std::string& out, std::string_view name, std::string_view help) const;
+  /// Appends the samples only (buckets, _sum, _count), each with `labels` (k="v",... or
+  /// empty) before `le`: one member of a labelled family whose header is already written.
+  void write_samples(std::string& out, std::string_view name, std::string_view labels) const;
 
  private:
   std::vector<double> bounds_;
@@ -38,5 +41,13 @@ void write_header(std::string& out, std::string_view name, std::string_view type
 
 /// Appends `name{labels} value`; labels already formatted as k="v",... or empty.
 void write_sample(std::string& out, std::string_view name, std::string_view labels, double value);
+
+/// A sample value or `le` bound as Prometheus reads it: the shortest text that reads back
+/// as the same double ("0.005", not "0.0050000000000000001"), "+Inf", "-Inf" or "NaN".
+std::string number(double v);
+
+/// Appends the process_* families every Prometheus client exports (CPU seconds, resident
+/// memory, open and maximum descriptors, start time), read from /proc/self.
+void write_process_metrics(std::string& out);
 
 }  // namespace deadpeer::metrics

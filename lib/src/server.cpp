@@ -22,6 +22,9 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json.hpp>
+#include <boost/version.hpp>
+
+#include <sqlite3.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -60,6 +63,33 @@ bool same_secret(std::string_view a, std::string_view b) {
 double ms(std::int64_t ns) {
   return static_cast<double>(ns) / 1e6;
 }
+
+// An end is a detection when a mechanism watching for a dead or broken peer noticed it; an
+// end the two sides agreed on (BYE, ERROR, takeover, our close) is decided by the
+// application layer (or by nothing, for transient errors).
+bool is_detection(detected_by d) {
+  return d != detected_by::application && d != detected_by::none;
+}
+
+constexpr detected_by detection_mechanisms[] = {
+    detected_by::eof,  detected_by::reset,     detected_by::keepalive, detected_by::user_timeout,
+    detected_by::retransmission, detected_by::icmp, detected_by::heartbeat, detected_by::reaper};
+
+// The cause each mechanism usually reports: the series /metrics writes from the start.
+constexpr std::pair<detected_by, cause> usual_detections[] = {
+    {detected_by::eof, cause::peer_closed},
+    {detected_by::reset, cause::peer_reset},
+    {detected_by::keepalive, cause::keepalive_timeout},
+    {detected_by::user_timeout, cause::user_timeout},
+    {detected_by::retransmission, cause::retransmission_timeout},
+    {detected_by::heartbeat, cause::heartbeat_timeout},
+    {detected_by::reaper, cause::reaped}};
+
+metrics::histogram detection_latency_template() {
+  return metrics::histogram({0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900});
+}
+
+std::string sqlite_version() { return sqlite3_libversion(); }
 
 // A non-blocking listening socket; the loops of one server share the port (SO_REUSEPORT).
 int open_listener(const tcp::endpoint& at, bool reuse_port) {
@@ -172,8 +202,14 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
   std::mutex stats_mutex;
   std::map<std::string, std::uint64_t, std::less<>> counters;  // "accepted", "rejected:x", ...
   std::map<std::pair<std::string, std::string>, std::uint64_t> ends;  // (cause, detected_by)
-  metrics::histogram detection_latency{
-      {0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900}};
+  // Silence before a detection, per mechanism; ends agreed by both sides (BYE, ERROR,
+  // takeover, our own close) are not detections and are counted apart.
+  std::map<std::string, metrics::histogram, std::less<>> detection_latency = [] {
+    std::map<std::string, metrics::histogram, std::less<>> by;
+    for (const auto d : detection_mechanisms)
+      by.emplace(std::string(to_string(d)), detection_latency_template());
+    return by;
+  }();
   std::deque<control_event> events;
   std::uint64_t next_event_id = 1;
   std::vector<std::function<void()>> event_waiters;
@@ -351,8 +387,12 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
     {
       std::lock_guard lock(stats_mutex);
       ++ends[{r.cause, r.detected_by}];
-      detection_latency.observe(static_cast<double>(end.end.decided_ns - end.end.last_heard_ns) /
-                                1e9);
+      if (is_detection(end.end.detected_by)) {
+        auto it = detection_latency.find(r.detected_by);
+        if (it == detection_latency.end())
+          it = detection_latency.emplace(r.detected_by, detection_latency_template()).first;
+        it->second.observe(static_cast<double>(end.end.decided_ns - end.end.last_heard_ns) / 1e9);
+      }
       e["id"] = next_event_id;
       e["session_id"] = r.session_id;
       e["client_id"] = r.client_id;
@@ -487,43 +527,107 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
     return body;
   }
 
+  // Prometheus text. Families with known label values (mechanisms, the usual causes, the
+  // refusal and reaping reasons) are written from the start with 0, so rate() and alerts
+  // work before the first event; other values appear when they first happen.
   std::string metrics_text() override {
     std::string out;
-    metrics::write_header(out, "deadpeer_live_connections", "gauge",
-                          "Connections currently held, handshaking, established or closing.");
-    metrics::write_sample(out, "deadpeer_live_connections", "", static_cast<double>(held.load()));
+    const auto gauge = [&out](const char* name, const char* help, double value) {
+      metrics::write_header(out, name, "gauge", help);
+      metrics::write_sample(out, name, "", value);
+    };
+    const auto counter_family = [&out](const char* name, const char* help, double value) {
+      metrics::write_header(out, name, "counter", help);
+      metrics::write_sample(out, name, "", value);
+    };
+    const auto label = [](std::string_view key, std::string_view value) {
+      return std::string(key) + "=\"" + metrics::escape_label(value) + "\"";
+    };
+    metrics::write_header(out, "deadpeer_build_info", "gauge",
+                          "Always 1; the labels say what is running.");
+    metrics::write_sample(out, "deadpeer_build_info",
+                          label("version", DEADPEER_VERSION) + "," +
+                              label("commit", DEADPEER_GIT_COMMIT) + "," +
+                              label("boost", BOOST_LIB_VERSION) + "," +
+                              label("sqlite", sqlite_version()),
+                          1);
+    gauge("deadpeer_live_connections",
+          "Connections currently held, handshaking, established or closing.",
+          static_cast<double>(held.load()));
+    std::size_t established = 0;
+    for (const auto n : gather<std::size_t>([](server_loop& l) { return l.established(); }))
+      established += n;
+    gauge("deadpeer_established_connections", "Connections past the handshake.",
+          static_cast<double>(established));
     auto rtt = gather<metrics::histogram>([](server_loop& l) { return l.rtt_histogram(); });
-    std::lock_guard lock(stats_mutex);
-    metrics::write_header(out, "deadpeer_accepted_connections_total", "counter",
-                          "Connections accepted.");
-    metrics::write_sample(out, "deadpeer_accepted_connections_total", "",
-                          static_cast<double>(counter("accepted")));
-    metrics::write_header(out, "deadpeer_detections_total", "counter",
-                          "Connection ends by cause and by the mechanism that noticed.");
-    for (const auto& [key, n] : ends)
-      metrics::write_sample(out, "deadpeer_detections_total",
-                            "cause=\"" + metrics::escape_label(key.first) + "\",detected_by=\"" +
-                                metrics::escape_label(key.second) + "\"",
-                            static_cast<double>(n));
-    for (const auto& [family, prefix, help] :
-         {std::tuple{"deadpeer_reaped_total", "reaped:", "Connections ended by the reaper, by reason."},
-          std::tuple{"deadpeer_rejected_total", "rejected:", "Connections refused, by reason."}}) {
-      metrics::write_header(out, family, "counter", help);
-      for (const auto& [name, n] : counters)
-        if (name.starts_with(prefix))
-          metrics::write_sample(out, family,
-                                "reason=\"" +
-                                    metrics::escape_label(name.substr(std::string_view(prefix).size())) +
-                                    "\"",
-                                static_cast<double>(n));
+    {
+      std::lock_guard lock(stats_mutex);
+      counter_family("deadpeer_accepted_connections_total", "Connections accepted.",
+                     static_cast<double>(counter("accepted")));
+      counter_family("deadpeer_superseded_total",
+                     "Sessions replaced because their client id connected again.",
+                     static_cast<double>(counter("superseded")));
+      // Detections (a mechanism found the peer gone) and agreed ends, apart.
+      std::map<std::pair<std::string, std::string>, std::uint64_t> detections;
+      std::map<std::string, std::uint64_t> agreed;
+      for (const auto& [mechanism, usual_cause] : usual_detections)
+        detections[{std::string(to_string(usual_cause)), std::string(to_string(mechanism))}] = 0;
+      for (const auto c : {cause::peer_closed, cause::superseded, cause::local_close})
+        agreed[std::string(to_string(c))] = 0;
+      for (const auto& [key, n] : ends) {
+        const auto mechanism = detected_by_from_string(key.second);
+        if (mechanism && is_detection(*mechanism))
+          detections[key] += n;
+        else
+          agreed[key.first] += n;
+      }
+      metrics::write_header(out, "deadpeer_detections_total", "counter",
+                            "Connections whose end a mechanism detected (the peer went away or "
+                            "broke), by cause and by the mechanism that noticed.");
+      for (const auto& [key, n] : detections)
+        metrics::write_sample(out, "deadpeer_detections_total",
+                              label("cause", key.first) + "," + label("detected_by", key.second),
+                              static_cast<double>(n));
+      metrics::write_header(out, "deadpeer_agreed_ends_total", "counter",
+                            "Connections ended by agreement rather than detection (BYE, ERROR, "
+                            "takeover, the server's own close), by cause.");
+      for (const auto& [c, n] : agreed)
+        metrics::write_sample(out, "deadpeer_agreed_ends_total", label("cause", c),
+                              static_cast<double>(n));
+      for (const auto& [family, prefix, help, known] :
+           {std::tuple{"deadpeer_reaped_total", "reaped:", "Connections ended by the reaper, by reason.",
+                       std::vector<std::string_view>{"close_wait", "half_closed", "handshake"}},
+            std::tuple{"deadpeer_rejected_total", "rejected:", "Connections refused, by reason.",
+                       std::vector<std::string_view>{"auth_failed", "server_full", "per_ip_limit"}}}) {
+        std::map<std::string, std::uint64_t> by_reason;
+        for (const auto reason : known)
+          by_reason[std::string(reason)] = 0;
+        for (const auto& [name, n] : counters)
+          if (name.starts_with(prefix)) by_reason[name.substr(std::string_view(prefix).size())] += n;
+        metrics::write_header(out, family, "counter", help);
+        for (const auto& [reason, n] : by_reason)
+          metrics::write_sample(out, family, label("reason", reason), static_cast<double>(n));
+      }
+      metrics::write_header(out, "deadpeer_detection_latency_seconds", "histogram",
+                            "Silence before a detection was decided (last byte heard to "
+                            "decision), by the mechanism that noticed.");
+      for (const auto& [mechanism, h] : detection_latency)
+        h.write_samples(out, "deadpeer_detection_latency_seconds", label("detected_by", mechanism));
     }
-    detection_latency.write(out, "deadpeer_detection_latency_seconds",
-                            "Silence before a connection's end was decided (last byte heard "
-                            "to decision).");
     metrics::histogram merged = rtt.empty() ? server_loop_rtt_template() : rtt.front();
     for (std::size_t i = 1; i < rtt.size(); ++i)
       merged.merge(rtt[i]);
     merged.write(out, "deadpeer_heartbeat_rtt_seconds", "Heartbeat round-trip times (PING to PONG).");
+    if (store) {
+      gauge("deadpeer_store_queue_depth", "Connection ends waiting to be written to the database.",
+            static_cast<double>(store->queued()));
+      counter_family("deadpeer_store_written_total", "Connection ends written to the database.",
+                     static_cast<double>(store->written()));
+      gauge("deadpeer_store_failing",
+            "1 while the database cannot be written (see /status for the error), else 0.",
+            store->last_error() ? 1 : 0);
+    }
+    metrics::write_process_metrics(out);
     return out;
   }
 
