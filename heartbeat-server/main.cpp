@@ -1,6 +1,8 @@
 // heartbeat-server: the thin program around deadpeer::server. It turns flags and a config
 // file into server_options, refuses bad values with exit status 2, runs the server until
-// SIGINT or SIGTERM, and then shuts down cleanly (BYE going_away, store flushed, exit 0).
+// SIGINT or SIGTERM, and then shuts down cleanly (BYE going_away, store flushed, exit 0, or
+// 1 when connection ends could not be written). SIGHUP reopens --log and reloads the
+// config file; a second SIGINT or SIGTERM cuts the graceful close short.
 #include <deadpeer/config_error.hpp>
 #include <deadpeer/duration.hpp>
 #include <deadpeer/endpoint.hpp>
@@ -15,9 +17,14 @@
 #include <boost/version.hpp>
 
 #include <sqlite3.h>
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <charconv>
+#include <csignal>
+#include <cstring>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -165,6 +172,9 @@ po::options_description describe_options() {
       ("reuse-port", po::bool_switch(),
        "let other heartbeat-server processes listen on the same port (SO_REUSEPORT), to hold "
        "more connections than one process's descriptor limit allows")  //
+      ("log", po::value<std::string>()->value_name("FILE"),
+       "append everything printed (stdout and stderr) to FILE; SIGHUP reopens it, for log "
+       "rotation")  //
       ("verbose,v", po::bool_switch(),
        "print one JSON line per connection end (in --config: verbose = true or false)");
   return o;
@@ -336,23 +346,102 @@ void store_config(const std::string& path, const po::options_description& option
 
 }  // namespace
 
+// The command line, then the config file it names (the command line wins). Run again on
+// SIGHUP, so an edited file is read with the same rules as at start.
+po::variables_map parse_arguments(int argc, char** argv, const po::options_description& options) {
+  po::variables_map vm;
+  try {
+    const auto parsed = po::parse_command_line(argc, argv, options);
+    const auto stray = po::collect_unrecognized(parsed.options, po::include_positional);
+    if (!stray.empty())
+      throw usage_error("unexpected argument \"" + stray.front() +
+                        "\": heartbeat-server takes only options (see --help)");
+    po::store(parsed, vm);
+    if (vm.count("help") == 0 && vm.count("version") == 0 && vm.count("config") != 0)
+      store_config(vm["config"].as<std::string>(), options, vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw usage_error(std::string(e.what()) + " (see --help)");
+  }
+  return vm;
+}
+
+// --log FILE: stdout and stderr appended to FILE, opened again on SIGHUP (after a log
+// rotation renamed it). Throws usage_error when it cannot be opened.
+void open_log(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0)
+    throw usage_error("--log \"" + path + "\": cannot be opened for appending: " +
+                      std::strerror(errno));
+  std::cout.flush();
+  std::cerr.flush();
+  ::dup2(fd, STDOUT_FILENO);
+  ::dup2(fd, STDERR_FILENO);
+  ::close(fd);
+}
+
+// Signals, on the io_context's thread: SIGHUP reloads, the first SIGINT/SIGTERM stops
+// gracefully, a second one cuts the graceful close short (rows are still written).
+class signal_handler {
+ public:
+  signal_handler(boost::asio::io_context& io, deadpeer::server& server, int argc, char** argv,
+                 const po::options_description& options)
+      : io_(io), server_(server), argc_(argc), argv_(argv), options_(options),
+        signals_(io, SIGINT, SIGTERM, SIGHUP) {
+    wait();
+  }
+
+ private:
+  void wait() {
+    signals_.async_wait([this](const boost::system::error_code& ec, int signal) {
+      if (ec) return;
+      if (signal == SIGHUP)
+        reload();
+      else if (!stopping_) {
+        stopping_ = true;
+        std::cout << "heartbeat-server: " << ::strsignal(signal) << ": closing "
+                  << server_.live_connections()
+                  << " connection(s) with BYE going_away (send it again to cut this short)"
+                  << std::endl;
+        server_.stop([this] { io_.stop(); });
+      } else {
+        std::cout << "heartbeat-server: " << ::strsignal(signal)
+                  << " again: closing every connection now; their ends are still written"
+                  << std::endl;
+        server_.hurry_stop();
+      }
+      wait();
+    });
+  }
+
+  void reload() {
+    try {
+      const auto vm = parse_arguments(argc_, argv_, options_);
+      if (vm.count("log") != 0) open_log(vm["log"].as<std::string>());
+      const auto changes = server_.reconfigure(build_options(vm));
+      if (changes.empty())
+        std::cout << "heartbeat-server: SIGHUP: reloaded; nothing changed" << std::endl;
+      for (const auto& change : changes)
+        std::cout << "heartbeat-server: SIGHUP: " << change << std::endl;
+    } catch (const std::exception& e) {
+      std::cerr << "heartbeat-server: SIGHUP: not reloaded, the running settings stay: " << e.what()
+                << std::endl;
+    }
+  }
+
+  boost::asio::io_context& io_;
+  deadpeer::server& server_;
+  int argc_;
+  char** argv_;
+  const po::options_description& options_;
+  boost::asio::signal_set signals_;
+  bool stopping_ = false;
+};
+
 int main(int argc, char** argv) {
   const auto options = describe_options();
   try {
-    po::variables_map vm;
-    try {
-      const auto parsed = po::parse_command_line(argc, argv, options);
-      const auto stray = po::collect_unrecognized(parsed.options, po::include_positional);
-      if (!stray.empty())
-        throw usage_error("unexpected argument \"" + stray.front() +
-                          "\": heartbeat-server takes only options (see --help)");
-      po::store(parsed, vm);
-      if (vm.count("help") == 0 && vm.count("version") == 0 && vm.count("config") != 0)
-        store_config(vm["config"].as<std::string>(), options, vm);
-      po::notify(vm);
-    } catch (const po::error& e) {
-      throw usage_error(std::string(e.what()) + " (see --help)");
-    }
+    const auto vm = parse_arguments(argc, argv, options);
     if (vm.count("help") != 0) {
       std::cout << "Usage: heartbeat-server [options]\n\n"
                    "Holds heartbeating deadpeer clients, notices every death (FIN, RST, kernel\n"
@@ -365,6 +454,7 @@ int main(int argc, char** argv) {
       print_version(std::cout);
       return 0;
     }
+    if (vm.count("log") != 0) open_log(vm["log"].as<std::string>());
     const bool verbose = vm["verbose"].as<bool>();
     auto server_options = build_options(vm);
     if (server_options.record_arrivals != 0 && server_options.db_path.empty())
@@ -396,12 +486,14 @@ int main(int argc, char** argv) {
     std::cout << std::endl;
     std::cout << "heartbeat-server: " << server.threads() << " event loop(s)" << std::endl;
 
-    boost::asio::signal_set signals(io, SIGINT, SIGTERM);
-    signals.async_wait([&](const boost::system::error_code& ec, int) {
-      if (ec) return;
-      server.stop([&io] { io.stop(); });
-    });
+    signal_handler signals(io, server, argc, argv, options);
     io.run();
+    if (const auto lost = server.records_not_written(); lost != 0) {
+      std::cerr << "heartbeat-server: stopped; " << lost << " connection end(s) could not be "
+                << "written to " << vm["db"].as<std::string>() << " (see the store's messages above)"
+                << std::endl;
+      return 1;
+    }
     std::cout << "heartbeat-server stopped" << std::endl;
     return 0;
   } catch (const usage_error& e) {

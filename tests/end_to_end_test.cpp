@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <thread>
 
@@ -351,6 +352,117 @@ TEST_CASE("end to end: probe's lab records its victims' arrivals into the result
   REQUIRE(traces.size() == 2);
   CHECK(traces[0].interval == 100ms);
   CHECK_THAT(traces[0].name, Catch::Contains("(victim-"));
+  std::error_code ignored;
+  fs::remove_all(dir, ignored);
+}
+
+namespace {
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream(path) << text;
+}
+
+std::int64_t rows(const fs::path& db, const std::string& sql) {
+  sqlite3* handle = nullptr;
+  REQUIRE(sqlite3_open_v2(db.c_str(), &handle, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  REQUIRE(sqlite3_prepare_v2(handle, sql.c_str(), -1, &stmt, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(stmt) == SQLITE_ROW);
+  const auto n = sqlite3_column_int64(stmt, 0);
+  sqlite3_finalize(stmt);
+  sqlite3_close(handle);
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("end to end: SIGHUP reloads the config file, keeps every connection, and says what changed") {
+  const auto config_dir = fs::temp_directory_path() / ("deadpeer-e2e-hup-" + std::to_string(::getpid()));
+  fs::create_directories(config_dir);
+  const auto config = config_dir / "server.conf";
+  write_text(config, "max-connections = 1\n");
+  {
+    // stderr into the lines read (a refused reload is said there).
+    running_server server({"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1"}, {"--config", config.string()});
+    // Long intervals: these peers never ping, and must outlive the test's steps.
+    deadpeer::test::raw_peer first(server.port);
+    first.handshake("first", 30s);
+    deadpeer::test::raw_peer refused(server.port);
+    refused.send_frame(deadpeer::wire::hello{.version = deadpeer::wire::protocol_version,
+                                             .client_id = "second", .requested_interval_ms = 30000,
+                                             .auth_token = {}});
+    const auto answer = refused.read_to_end();
+    REQUIRE(answer.frames.size() == 1);
+    CHECK(std::get<deadpeer::wire::error>(answer.frames[0]).code ==
+          deadpeer::wire::error_code::server_full);
+
+    // The limit and the keepalive of new connections change; the number of loops cannot.
+    write_text(config, "max-connections = 5\nkeepalive = 7s:2s:3\nthreads = 3\n");
+    server.process->signal(SIGHUP);
+    // One line per change, in this order.
+    CHECK(server.process->wait_for_line("keepalive (new connections)", 10s).has_value());
+    CHECK(server.process->wait_for_line("max connections 1 -> 5", 10s).has_value());
+    CHECK(server.process->wait_for_line("threads changes only on restart", 10s).has_value());
+    deadpeer::test::raw_peer second(server.port);
+    second.handshake("second", 30s);
+    const auto status = server.status();
+    CHECK(status.at("established").as_int64() == 2);  // the first connection lived through it
+    CHECK_THAT(std::string(status.at("keepalive").as_string()), Catch::Contains("7s"));
+
+    // A bad file is refused whole: the server keeps running on what it had.
+    write_text(config, "max-connections = -1\n");
+    server.process->signal(SIGHUP);
+    CHECK(server.process->wait_for_line("not reloaded, the running settings stay", 10s).has_value());
+    CHECK(server.status().at("established").as_int64() == 2);
+
+    // SIGTERM, then SIGTERM again before the peers answer the BYE: closed now, rows kept.
+    server.process->signal(SIGTERM);
+    REQUIRE(server.process->wait_for_line("with BYE going_away", 10s).has_value());
+    server.process->signal(SIGTERM);
+    CHECK(server.process->wait_for_line("again: closing every connection now", 10s).has_value());
+    const auto status_code = server.process->wait(15s);
+    REQUIRE(status_code.has_value());
+    CHECK(WIFEXITED(*status_code));
+    CHECK(WEXITSTATUS(*status_code) == 0);
+    INFO(server.process->output());
+    const auto db = server.dir / "e2e.db";
+    CHECK(rows(db, "SELECT count(*) FROM connections WHERE client_id IN ('first', 'second')") == 2);
+    // Each connection's row names the keepalive it was accepted with.
+    CHECK(rows(db, "SELECT count(*) FROM connections WHERE client_id = 'second' AND keepalive LIKE '7s%'") == 1);
+    CHECK(rows(db, "SELECT count(*) FROM connections WHERE client_id = 'first' AND keepalive NOT LIKE '7s%'") == 1);
+  }
+  std::error_code ignored;
+  fs::remove_all(config_dir, ignored);
+}
+
+TEST_CASE("end to end: heartbeat-server --log appends there and SIGHUP reopens it after rotation") {
+  const auto dir = fs::temp_directory_path() / ("deadpeer-e2e-log-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const auto log = dir / "server.log";
+  child_process server({DEADPEER_SERVER_BINARY, "--listen", "127.0.0.1:0", "--control", "off",
+                        "--db", "off", "--log", log.string()});
+  const auto read = [](const fs::path& p) {
+    std::ifstream in(p);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  const auto wait_in = [&](const fs::path& p, const std::string& text) {
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    while (std::chrono::steady_clock::now() < until) {
+      if (read(p).find(text) != std::string::npos) return true;
+      std::this_thread::sleep_for(20ms);
+    }
+    return false;
+  };
+  CHECK(wait_in(log, "listening on"));
+  fs::rename(log, dir / "server.log.1");  // what logrotate does
+  server.signal(SIGHUP);
+  CHECK(wait_in(log, "SIGHUP: reloaded; nothing changed"));  // a new file, written again
+  server.signal(SIGTERM);
+  const auto status = server.wait(15s);
+  REQUIRE(status.has_value());
+  CHECK(WEXITSTATUS(*status) == 0);
+  CHECK(read(log).find("stopped") != std::string::npos);
+  CHECK(read(dir / "server.log.1").find("SIGHUP") == std::string::npos);
   std::error_code ignored;
   fs::remove_all(dir, ignored);
 }

@@ -786,6 +786,7 @@ TEST_CASE("a trial of an unknown run is rejected loudly, the rest of its batch i
 TEST_CASE("a batch that meets a locked database is kept and retried") {
   temp_dir dir;
   const auto path = dir.file("deadpeer.db");
+  capture_stderr err(dir.file("stderr.txt"));
   event_store store(options_for(path));
   raw_db blocker(path);
   blocker.exec("BEGIN IMMEDIATE");  // holds the write lock past the store's busy timeout
@@ -799,12 +800,24 @@ TEST_CASE("a batch that meets a locked database is kept and retried") {
   CHECK_THAT(*store.last_error(), Catch::Contains("locked"));
   CHECK(store.queued() == 3);
   CHECK(store.written() == 0);
+  REQUIRE(store.failing());  // failing now, not only once
+  CHECK_THAT(*store.failing(), Catch::Contains("locked"));
 
   blocker.exec("COMMIT");
   store.flush();
   CHECK(store.queued() == 0);
   CHECK(store.written() == 3);
   CHECK(count_rows(path) == 3);
+  // Recovered: the failing state is cleared (the first error stays as history), nothing
+  // was lost, and the log says when the spell began and when it ended, once each.
+  CHECK_FALSE(store.failing());
+  CHECK(store.last_error());
+  CHECK(store.not_written() == 0);
+  const auto printed = err.finish();
+  INFO(printed);
+  CHECK_THAT(printed, Catch::Contains("cannot write (") && Catch::Contains("3 record(s) kept"));
+  CHECK_THAT(printed, Catch::Contains("writing again after"));
+  CHECK(printed.find("cannot write (") == printed.rfind("cannot write ("));
 }
 
 TEST_CASE("the destructor gives up on a database that stays locked, and says so") {
@@ -828,6 +841,7 @@ TEST_CASE("the destructor gives up on a database that stays locked, and says so"
   CHECK(took < 20s);
   CHECK_THAT(printed, Catch::Contains("records not written: 2"));
   CHECK_THAT(printed, Catch::Contains(path));
+  CHECK_THAT(printed, !Catch::Contains("writing again"));
   CHECK(count_rows(path) == 0);
 }
 

@@ -178,7 +178,9 @@ void validate(const server_options& o) {
 struct server::impl : control_source, detail::loop_host, std::enable_shared_from_this<server::impl> {
   asio::io_context& io;
   server_options options;
-  engine_config engine;
+  // What connections are accepted with: the first from the options, one more per reload.
+  // A deque: the loops and engines point into it, and adding keeps those pointers valid.
+  std::deque<detail::connection_settings> generations;
   detail::loop_settings settings;
   std::unique_ptr<event_store> store;
   std::unique_ptr<control_api> api;
@@ -215,31 +217,37 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
   std::vector<std::function<void()>> event_waiters;
   std::int64_t started_ns = monotonic_ns();
 
-  impl(asio::io_context& context, server_options o) : io(context), options(std::move(o)) {
+  // The settings of new connections under `o`; throws config_error for bad values.
+  static detail::connection_settings connection_settings_for(const server_options& o) {
+    detail::connection_settings s;
+    auto& engine = s.engine;
     engine.role = session_role::server;
-    engine.heartbeat = options.heartbeat;
-    engine.detector = options.detector;
-    engine.handshake_timeout = options.handshake_timeout;
-    engine.end_on_eof = options.end_on_eof;
-    engine.min_interval = options.min_interval;
-    engine.max_interval = options.max_interval;
+    engine.heartbeat = o.heartbeat;
+    engine.detector = o.detector;
+    engine.handshake_timeout = o.handshake_timeout;
+    engine.end_on_eof = o.end_on_eof;
+    engine.min_interval = o.min_interval;
+    engine.max_interval = o.max_interval;
     // PINGs due within 16 ms of each other share one wake-up of their loop (the ±10%
     // jitter already spreads them; this only stops the timer firing once per PING).
     engine.ping_coalesce = milliseconds(16);
-    engine.default_interval = options.default_interval;
+    engine.default_interval = o.default_interval;
     validate(engine);
+    s.keepalive = o.keepalive;
+    s.keepalive_spec = o.keepalive ? deadpeer::to_string(to_options(
+                                         resolve(*o.keepalive, read_kernel_defaults())))
+                                   : "system default";
+    s.detector_description =
+        o.heartbeat ? make_detector(o.detector, steady_clock::now())->describe() : "off";
+    return s;
+  }
 
+  impl(asio::io_context& context, server_options o) : io(context), options(std::move(o)) {
+    generations.push_back(connection_settings_for(options));
     const unsigned count =
         options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
-    const auto defaults = read_kernel_defaults();
     settings.options = &options;
-    settings.engine = &engine;
-    settings.keepalive_spec = options.keepalive ? deadpeer::to_string(to_options(
-                                                      resolve(*options.keepalive, defaults)))
-                                                : "system default";
-    settings.detector_description =
-        options.heartbeat ? make_detector(options.detector, steady_clock::now())->describe()
-                          : "off";
+    settings.first = &generations.front();
     settings.descriptor_budget = descriptor_budget(count);
     settings.held = &held;
     settings.record_candidates = &record_candidates;
@@ -310,12 +318,12 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
                                    connection_ref self,
                                    std::optional<connection_ref>& superseded) override {
     if (stopping) return wire::error{wire::error_code::server_full, "server is shutting down"};
-    if (!options.auth_token.empty() && !same_secret(hello.auth_token, options.auth_token)) {
-      count("rejected:auth_failed");
-      return wire::error{wire::error_code::auth_failed, "wrong or missing auth token"};
-    }
     {
-      std::lock_guard lock(registry_mutex);
+      std::lock_guard lock(registry_mutex);  // the token and the limits may be reloaded
+      if (!options.auth_token.empty() && !same_secret(hello.auth_token, options.auth_token)) {
+        count("rejected:auth_failed");
+        return wire::error{wire::error_code::auth_failed, "wrong or missing auth token"};
+      }
       const auto live = by_client.find(hello.client_id);
       // A takeover replaces a connection rather than adding one.
       const bool replaces = live != by_client.end();
@@ -422,6 +430,70 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
     if (store) store->record(std::move(r));
   }
 
+  // On the io_context's thread. Applies what can change while connections live and says
+  // what changed; the rest is listed as needing a restart.
+  std::vector<std::string> reconfigure(const server_options& next) {
+    validate(next);
+    auto live = next;
+    live.heartbeat = options.heartbeat;  // on/off is fixed for the server's life
+    auto made = connection_settings_for(live);
+    std::vector<std::string> said;
+    const auto changed = [&](const std::string& what, const std::string& from,
+                             const std::string& to) {
+      if (from != to) said.push_back(what + " " + from + " -> " + to);
+    };
+    const auto& now = generations.back();
+    const auto& e = now.engine;
+    changed("keepalive (new connections)", now.keepalive_spec, made.keepalive_spec);
+    changed("detector (new connections)", now.detector_description, made.detector_description);
+    changed("heartbeat interval range (new connections)",
+            format_duration(e.min_interval) + ".." + format_duration(e.max_interval),
+            format_duration(made.engine.min_interval) + ".." + format_duration(made.engine.max_interval));
+    changed("default interval (new connections)", format_duration(e.default_interval),
+            format_duration(made.engine.default_interval));
+    changed("handshake timeout (new connections)", format_duration(e.handshake_timeout),
+            format_duration(made.engine.handshake_timeout));
+    changed("on eof (new connections)", e.end_on_eof ? "end" : "reap",
+            made.engine.end_on_eof ? "end" : "reap");
+    {
+      std::lock_guard lock(registry_mutex);
+      changed("max connections", std::to_string(options.max_connections),
+              std::to_string(next.max_connections));
+      changed("max per ip", std::to_string(options.max_per_ip), std::to_string(next.max_per_ip));
+      if (options.auth_token != next.auth_token) said.push_back("auth token replaced");
+      options.max_connections = next.max_connections;
+      options.max_per_ip = next.max_per_ip;
+      options.auth_token = next.auth_token;
+    }
+    const bool new_connections_change =
+        std::any_of(said.begin(), said.end(),
+                    [](const std::string& s) { return s.find("(new connections)") != std::string::npos; });
+    if (new_connections_change) {
+      generations.push_back(std::move(made));
+      const auto* latest = &generations.back();
+      (void)gather<bool>([latest](server_loop& l) {
+        l.accept_with(*latest);
+        return true;
+      });
+    }
+    // Read once at start; a change waits for a restart.
+    const auto restart = [&](const std::string& what, bool differs) {
+      if (differs) said.push_back(what + " changes only on restart (kept)");
+    };
+    restart("listen", next.listen != options.listen);
+    restart("control", next.control != options.control);
+    restart("db", next.db_path != options.db_path);
+    restart("threads", next.threads != options.threads);
+    restart("reuse port", next.reuse_port != options.reuse_port);
+    restart("heartbeat on/off", next.heartbeat != options.heartbeat);
+    restart("reap interval", next.reap_interval != options.reap_interval);
+    restart("record arrivals", next.record_arrivals != options.record_arrivals ||
+                                   next.record_sample != options.record_sample);
+    restart("close drain", next.close_drain_time != options.close_drain_time ||
+                               next.close_drain_bytes != options.close_drain_bytes);
+    return said;
+  }
+
   // control_source (on the io_context's thread)
   std::string status_json() override {
     json::object o;
@@ -454,15 +526,19 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
       o["reaped"] = std::move(reaped_json);
       o["rejected"] = std::move(rejected_json);
     }
-    o["keepalive"] = settings.keepalive_spec;
-    o["detector"] = settings.detector_description;
+    o["keepalive"] = generations.back().keepalive_spec;
+    o["detector"] = generations.back().detector_description;
     if (store) {
       json::object s;
       s["path"] = store->path();
       s["written"] = store->written();
       s["queued"] = store->queued();
       s["arrivals_dropped"] = store->arrivals_dropped();
-      if (const auto error = store->last_error()) s["error"] = *error;
+      s["not_written"] = store->not_written();
+      // "error" while writes fail now (cleared when they succeed again); "first_error" is
+      // the first problem seen since start, kept as history.
+      if (const auto error = store->failing()) s["error"] = *error;
+      if (const auto error = store->last_error()) s["first_error"] = *error;
       o["store"] = std::move(s);
     }
     return deadpeer::json_text(o);
@@ -625,7 +701,7 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
                      static_cast<double>(store->written()));
       gauge("deadpeer_store_failing",
             "1 while the database cannot be written (see /status for the error), else 0.",
-            store->last_error() ? 1 : 0);
+            store->failing() ? 1 : 0);
     }
     metrics::write_process_metrics(out);
     return out;
@@ -673,6 +749,23 @@ server::~server() {
 
 void server::start() {
   impl_->start();
+}
+
+std::vector<std::string> server::reconfigure(const server_options& next) {
+  return impl_->reconfigure(next);
+}
+
+void server::hurry_stop() {
+  auto self = impl_;
+  asio::post(self->io, [self] {
+    if (!self->stopping) return;
+    for (auto& loop : self->loops)
+      loop->post([](server_loop& l) { l.begin_stop(milliseconds(0)); });
+  });
+}
+
+std::uint64_t server::records_not_written() const {
+  return impl_->store ? impl_->store->not_written() : 0;
 }
 
 void server::stop(std::function<void()> done) {

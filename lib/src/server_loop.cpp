@@ -148,6 +148,8 @@ server_loop::server_loop(loop_host& host, const loop_settings& settings, std::ui
       free_head_(no_slot),
       read_buffer_(read_buffer_size),
       observer_(std::make_unique<observer>(*this)),
+      current_(settings.first),
+      generations_{settings.first},
       rtt_histogram_({0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                       0.5, 1}) {
   epoll_ = ::epoll_create1(EPOLL_CLOEXEC);
@@ -351,16 +353,15 @@ void server_loop::accept_ready() {
     c.opened_unix_ms = unix_ms_now();
     const int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    const auto& options = *settings_.options;
     std::error_code keepalive_error;
-    if (options.keepalive) keepalive_error = apply_keepalive(fd, *options.keepalive);
+    if (current_->keepalive) keepalive_error = apply_keepalive(fd, *current_->keepalive);
     if (!keepalive_known_) {
       std::error_code ignored;
       keepalive_in_force_ = read_keepalive(fd, ignored);
       keepalive_known_ = true;
     }
     const auto now = steady_clock::now();
-    c.engine.emplace(*settings_.engine, now, host_.next_session_id(),
+    c.engine.emplace(current_->engine, now, host_.next_session_id(),
                      static_cast<std::uint32_t>(fd) * 2654435761u ^
                          static_cast<std::uint32_t>(ns(now)),
                      out_);
@@ -710,10 +711,14 @@ void server_loop::finish(std::uint32_t slot) {
   r.close_mode = end.graceful ? "graceful" : end.abortive ? "abortive" : "plain";
   r.rtt = {c.rtt_samples, c.rtt_min_ms,
            c.rtt_samples ? c.rtt_sum_ms / static_cast<double>(c.rtt_samples) : 0.0, c.rtt_max_ms};
-  r.keepalive = settings_.keepalive_spec;
+  const auto own = std::find_if(generations_.begin(), generations_.end(), [&](const auto* g) {
+    return &g->engine == &c.engine->config();
+  });
+  const auto& made_with = own != generations_.end() ? **own : *current_;
+  r.keepalive = made_with.keepalive_spec;
   r.heartbeat_interval_ms = settings_.options->heartbeat ? c.engine->interval().count() : 0;
   r.dead_after_ms = c.dead_after_ms;
-  r.detector = settings_.detector_description;
+  r.detector = made_with.detector_description;
   r.frames_received = end.frames_received;
   r.frames_sent = end.frames_sent;
   if (!recordings_.empty()) {
@@ -764,9 +769,13 @@ void server_loop::reschedule(std::uint32_t slot) {
 }
 
 void server_loop::begin_stop(std::chrono::milliseconds grace) {
-  if (stopping_) return;
+  const auto deadline = monotonic_ns() + std::chrono::nanoseconds(grace).count();
+  if (stopping_) {
+    stop_deadline_ns_ = std::min(stop_deadline_ns_, deadline);
+    return;
+  }
   stopping_ = true;
-  stop_deadline_ns_ = monotonic_ns() + std::chrono::nanoseconds(grace).count();
+  stop_deadline_ns_ = deadline;
   if (listener_ >= 0) {
     ::epoll_ctl(epoll_, EPOLL_CTL_DEL, listener_, nullptr);
     ::close(listener_);
@@ -779,6 +788,12 @@ void server_loop::begin_stop(std::chrono::milliseconds grace) {
     c.engine->close(wire::bye_reason::going_away, cause::local_close, steady_clock::now(), out_);
     after_engine(slot);
   }
+}
+
+void server_loop::accept_with(const connection_settings& settings) {
+  if (current_->keepalive_spec != settings.keepalive_spec) keepalive_known_ = false;
+  current_ = &settings;
+  generations_.push_back(&settings);
 }
 
 json::array server_loop::connections_json() const {

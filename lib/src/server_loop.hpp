@@ -78,12 +78,21 @@ class loop_host {
   virtual std::uint64_t next_session_id() = 0;
 };
 
-/// Settings every loop reads (immutable while loops run).
+/// What a connection is accepted with. A reload (SIGHUP) makes a new one for the
+/// connections accepted after it; those accepted before keep theirs (their engines point
+/// at its engine_config), so the server keeps every one until it ends.
+struct connection_settings {
+  engine_config engine;
+  std::optional<keepalive_options> keepalive;  ///< nullopt: the system's settings
+  std::string keepalive_spec;                  ///< as stored with each connection's end
+  std::string detector_description;
+};
+
+/// Settings every loop reads (immutable while loops run; a reload reaches a loop as a
+/// posted task, see server_loop::accept_with).
 struct loop_settings {
   const server_options* options = nullptr;
-  const engine_config* engine = nullptr;
-  std::string keepalive_spec;
-  std::string detector_description;
+  const connection_settings* first = nullptr;  ///< what the first connections get
   /// Connections all loops together may hold before newcomers are refused at accept
   /// (the descriptor limit less a reserve for the control API, the store and logs).
   std::size_t descriptor_budget = 0;
@@ -121,7 +130,11 @@ class server_loop {
   // Loop thread only (through post).
   /// Stops accepting and closes every connection with BYE going_away; run() returns
   /// when all are closed or `grace` has passed (the rest are then closed at once).
+  /// Stops accepting and closes every connection with BYE going_away; what has not closed
+  /// `grace` later is cut. Called again (a second signal), it only shortens the grace.
   void begin_stop(std::chrono::milliseconds grace);
+  /// Connections accepted from now on get `settings`, which must outlive them.
+  void accept_with(const connection_settings& settings);
   void supersede(connection_ref ref);
   /// Sends DATA to the connection; false if it is gone or not established.
   bool send_data(connection_ref ref, std::span<const std::byte> payload);
@@ -183,6 +196,10 @@ class server_loop {
   std::vector<connection_ref> deferred_supersede_;
   keepalive_settings keepalive_in_force_;
   bool keepalive_known_ = false;
+  // What new connections get, and every setting this loop's connections were made with
+  // (a handful: one per reload), to name a connection's own at its end.
+  const connection_settings* current_;
+  std::vector<const connection_settings*> generations_;
   metrics::histogram rtt_histogram_;
   std::unordered_map<std::uint32_t, arrival_ring> recordings_;  ///< by slot; recorded only
 

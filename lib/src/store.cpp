@@ -423,9 +423,12 @@ struct event_store::impl {
   std::uint64_t flush_target = 0;     // highest sequence a flush() waits for
   std::uint64_t failed_attempts = 0;  // whole-batch failures, ever
   std::uint64_t lost = 0;             // records given up (writer stopped or shutdown)
+  std::uint64_t rejected_count = 0;   // records SQLite refused one by one
   bool stopping = false;
   bool writer_done = false;
   std::optional<std::string> first_error;
+  std::optional<std::string> failing_now;  // the error of the failing streak, until a commit
+  std::uint64_t streak_attempts = 0;       // failed attempts in that streak
   std::atomic<std::uint64_t> written_count{0};
   std::atomic<std::uint64_t> queued_count{0};
   std::atomic<std::uint64_t> arrivals_dropped_count{0};
@@ -683,12 +686,20 @@ struct event_store::impl {
         lock.lock();
 
         if (!result.rejected.empty() && !first_error) first_error = result.rejected.front();
+        rejected_count += result.rejected.size();
         if (!result.dropped_arrivals.empty()) {
           arrivals_dropped_count.fetch_add(result.dropped_arrivals.size(),
                                            std::memory_order_relaxed);
           if (!first_error) first_error = "dropped the " + result.dropped_arrivals.front();
         }
         if (result.committed) {
+          if (failing_now) {
+            // Said once when it ends, as when it started: an operator sees both in the log.
+            std::cerr << "deadpeer store: " << opts.path << ": writing again after "
+                      << streak_attempts << " failed attempt(s); nothing was lost" << std::endl;
+            failing_now.reset();
+            streak_attempts = 0;
+          }
           written_count.fetch_add(result.written, std::memory_order_relaxed);
           finish(batch.size());
           batch.clear();
@@ -697,7 +708,14 @@ struct event_store::impl {
         }
 
         ++failed_attempts;
+        ++streak_attempts;
         if (!first_error) first_error = result.error;
+        if (!failing_now) {
+          std::cerr << "deadpeer store: " << opts.path << ": cannot write (" << result.error
+                    << "); " << batch.size() + queue.size()
+                    << " record(s) kept in memory and retried until it can" << std::endl;
+          failing_now = result.error;
+        }
         if (result.full) {
           // The file is full: the rows go first; their traces would only keep them out.
           if (const std::size_t n = drop_arrivals(batch))
@@ -840,6 +858,16 @@ std::uint64_t event_store::queued() const {
 std::optional<std::string> event_store::last_error() const {
   std::lock_guard lock(impl_->mutex);
   return impl_->first_error;
+}
+
+std::optional<std::string> event_store::failing() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->failing_now;
+}
+
+std::uint64_t event_store::not_written() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->lost + impl_->rejected_count;
 }
 
 const std::string& event_store::path() const {

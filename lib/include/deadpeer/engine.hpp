@@ -194,6 +194,8 @@ class protocol_engine {
   time_point opened() const { return opened_; }
   std::chrono::milliseconds interval() const { return std::chrono::milliseconds(interval_ms_); }
   std::uint64_t session_id() const { return session_id_; }
+  /// The configuration it was made with (the same object, not a copy).
+  const engine_config& config() const { return *config_; }
   /// What the detector has learned of the peer's link (adaptive and phi, once established).
   std::optional<detector_estimate> learned() const;
   /// Bytes of a partial frame held until the rest arrives.

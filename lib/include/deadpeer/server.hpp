@@ -130,6 +130,19 @@ class server {
   /// Stops accepting, ends every session with BYE going_away, stops the API, flushes the
   /// store, then calls `done` (on the io_context).
   void stop(std::function<void()> done = {});
+  /// After stop(): cut the graceful close short (a second signal). Every connection still
+  /// open is closed now and recorded; the store is still flushed before `done`.
+  void hurry_stop();
+  /// Applies `next` where it can while connections live (a reload): limits, the auth
+  /// token, and for connections accepted from now on keepalive, detector, intervals and
+  /// handshake timeout; connections already open keep theirs. Returns what changed, one
+  /// line each, including what differs but needs a restart (addresses, database, threads,
+  /// heartbeat on/off, arrival recording). Throws config_error (nothing applied) for bad
+  /// values. Call it on the io_context's thread (a signal handler, a posted task).
+  std::vector<std::string> reconfigure(const server_options& next);
+  /// Connection ends that will never be in the database (written off at shutdown after
+  /// the disk refused them, or refused by SQLite one by one).
+  std::uint64_t records_not_written() const;
 
   boost::asio::ip::tcp::endpoint local_endpoint() const;
   std::optional<boost::asio::ip::tcp::endpoint> control_endpoint() const;

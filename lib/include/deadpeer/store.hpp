@@ -155,6 +155,12 @@ class event_store {
   /// The first write error seen by the writer thread, if any (records are then kept
   /// queued and retried on the next batch, never silently dropped).
   std::optional<std::string> last_error() const;
+  /// The error while writes are failing now (a full disk, a locked file); nullopt once a
+  /// batch commits again. The start and the end of a failing spell are said on stderr.
+  std::optional<std::string> failing() const;
+  /// Records that will never be in the file: refused by SQLite one by one, or given up
+  /// when the writer stopped or shutdown's retries ran out.
+  std::uint64_t not_written() const;
 
   const std::string& path() const;
 
