@@ -3,6 +3,7 @@
 #include "loopback.hpp"
 
 #include <deadpeer/clock.hpp>
+#include <deadpeer/config_error.hpp>
 #include <deadpeer/session.hpp>
 
 #include "../probe/qos.hpp"
@@ -59,6 +60,7 @@ class server_fixture {
     o.handshake_timeout = 500ms;
     o.reap_interval = 50ms;
     if (adjust) adjust(o);
+    options_ = o;
     on_io([&] {
       server_ = std::make_unique<server>(io_.context(), o);
       server_->start();
@@ -84,6 +86,21 @@ class server_fixture {
     });
     done.get_future().wait();
   }
+
+  std::vector<std::string> reconfigure(const server_options& next) {
+    std::vector<std::string> said;
+    std::exception_ptr refused;
+    on_io([&] {
+      try {
+        said = server_->reconfigure(next);
+      } catch (...) {
+        refused = std::current_exception();
+      }
+    });
+    if (refused) std::rethrow_exception(refused);
+    return said;
+  }
+  const server_options& options() const { return options_; }
 
   unsigned short port() {
     unsigned short p = 0;
@@ -113,22 +130,33 @@ class server_fixture {
     return event;
   }
 
-  // Rows of the store, after flushing: cause of every row by session id.
-  std::vector<std::pair<std::string, std::string>> stored_causes() {
+  // Rows of the store for `sql`, after flushing, as text (NULL as "").
+  std::vector<std::vector<std::string>> rows(const std::string& sql) {
     on_io([&] { server_->flush_store(); });
     sqlite3* db = nullptr;
     REQUIRE(sqlite3_open_v2((dir_ / "server.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) ==
             SQLITE_OK);
     sqlite3_stmt* stmt = nullptr;
-    REQUIRE(sqlite3_prepare_v2(db, "SELECT cause, detected_by FROM connections ORDER BY id", -1,
-                               &stmt, nullptr) == SQLITE_OK);
-    std::vector<std::pair<std::string, std::string>> rows;
-    while (sqlite3_step(stmt) == SQLITE_ROW)
-      rows.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)),
-                        reinterpret_cast<const char*>(sqlite3_column_text(stmt, 1)));
+    REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) == SQLITE_OK);
+    std::vector<std::vector<std::string>> out;
+    while (sqlite3_step(stmt) == SQLITE_ROW) {
+      auto& row = out.emplace_back();
+      for (int i = 0; i < sqlite3_column_count(stmt); ++i) {
+        const auto* text = sqlite3_column_text(stmt, i);
+        row.emplace_back(text ? reinterpret_cast<const char*>(text) : "");
+      }
+    }
     sqlite3_finalize(stmt);
     sqlite3_close(db);
-    return rows;
+    return out;
+  }
+
+  // Cause and detected_by of every row, in order.
+  std::vector<std::pair<std::string, std::string>> stored_causes() {
+    std::vector<std::pair<std::string, std::string>> out;
+    for (auto& row : rows("SELECT cause, detected_by FROM connections ORDER BY id"))
+      out.emplace_back(row[0], row[1]);
+    return out;
   }
 
   bool send(const std::string& client_id, std::vector<std::byte> payload) {
@@ -145,6 +173,7 @@ class server_fixture {
   fs::path dir_;
   io_thread io_;
   std::unique_ptr<server> server_;
+  server_options options_;
 };
 
 std::string str(const json::value& v) {
@@ -891,4 +920,59 @@ TEST_CASE("server: with recording off nothing is kept or written") {
   CHECK(f.stored_causes().size() == 1);
   CHECK(read_arrivals(f.db_path()).empty());
   CHECK(probe::qos::read_traces_from_db(f.db_path()).empty());
+}
+
+TEST_CASE("server: a reload changes limits at once and settings for new connections only, "
+          "with two loops running") {
+  server_fixture f([](server_options& o) {
+    o.threads = 2;
+    o.max_connections = 1;
+  });
+  raw_peer first(f.port());
+  first.handshake("first", 5s);
+  auto next = f.options();
+  next.max_connections = 4;
+  next.keepalive = parse_keepalive("7s:2s:3");
+  next.detector = fixed_detector_config{.interval = 100ms, .multiplier = 4.0, .timeout = 0ms};
+  next.threads = 3;
+  const auto said = f.reconfigure(next);
+  const auto line = [&](const std::string& text) {
+    return std::any_of(said.begin(), said.end(),
+                       [&](const std::string& s) { return s.find(text) != std::string::npos; });
+  };
+  CHECK(line("max connections 1 -> 4"));
+  CHECK(line("keepalive (new connections)"));
+  CHECK(line("detector (new connections)"));
+  CHECK(line("threads changes only on restart"));
+  CHECK(f.reconfigure(next).empty() == false);  // still differs in threads, nothing else
+  CHECK(f.reconfigure(next).size() == 1);
+
+  // Three newcomers on whichever loop takes them: all admitted now, all with the new
+  // keepalive; the first connection keeps the system's.
+  std::vector<std::unique_ptr<raw_peer>> later;
+  for (int i = 0; i < 3; ++i) {
+    later.push_back(std::make_unique<raw_peer>(f.port()));
+    later.back()->handshake("later-" + std::to_string(i), 5s);
+  }
+  CHECK(f.status().at("established").as_int64() == 4);
+  CHECK_THAT(std::string(f.status().at("keepalive").as_string()), Catch::Contains("7s"));
+  std::uint64_t since = 0;
+  later.clear();
+  first.close();
+  for (int i = 0; i < 4; ++i)
+    (void)f.next_event(since);
+  const auto stored = f.rows("SELECT client_id, keepalive, detector FROM connections ORDER BY client_id");
+  REQUIRE(stored.size() == 4);
+  INFO(stored[0][1] << " / " << stored[0][2] << "; " << stored[1][1] << " / " << stored[1][2]);
+  CHECK_THAT(stored[0][1], !Catch::Contains("7s"));  // "first"
+  CHECK_THAT(stored[0][2], Catch::Contains("3"));   // the fixture's fixed 3x
+  for (std::size_t i = 1; i < 4; ++i) {
+    CHECK_THAT(stored[i][1], Catch::StartsWith("7s"));
+    CHECK_THAT(stored[i][2], Catch::Contains("4"));
+  }
+
+  // Bad values are refused whole.
+  auto bad = next;
+  bad.min_interval = 0ms;
+  CHECK_THROWS_AS(f.reconfigure(bad), deadpeer::config_error);
 }
