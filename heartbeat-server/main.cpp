@@ -75,15 +75,19 @@ std::size_t count_option(const po::variables_map& vm, const char* name, std::siz
   return value;
 }
 
-std::string read_token_file(const std::string& path) {
+// The first line of a secret's file (`flag` names it in messages).
+std::string read_token_file(const std::string& path, const std::string& flag) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw usage_error(flag + " \"" + path + "\" is a directory; give the file holding the token");
   std::ifstream in(path);
-  if (!in) throw usage_error("--auth-token-file \"" + path + "\": cannot be read");
+  if (!in) throw usage_error(flag + " \"" + path + "\": cannot be read");
   std::string token;
   std::getline(in, token);
   while (!token.empty() && (token.back() == '\r' || token.back() == ' '))
     token.pop_back();
   if (token.empty())
-    throw usage_error("--auth-token-file \"" + path + "\": the first line is empty");
+    throw usage_error(flag + " \"" + path + "\": the first line is empty");
   return token;
 }
 
@@ -103,6 +107,12 @@ po::options_description describe_options() {
        po::value<std::string>()->default_value("127.0.0.1:7701")->value_name("HOST:PORT"),
        "HTTP control API (/status, /connections, /events, /metrics, /arrivals); \"off\" "
        "disables it")  //
+      ("control-token-file", po::value<std::string>()->value_name("FILE"),
+       "the control API answers only requests with \"Authorization: Bearer TOKEN\", TOKEN "
+       "being the first line of FILE (for a control address other hosts can reach)")  //
+      ("control-host", po::value<std::vector<std::string>>()->composing()->value_name("NAME"),
+       "a host name the control API answers to besides IP addresses and localhost (any "
+       "other Host header is refused: DNS rebinding); repeat for several")  //
       ("db", po::value<std::string>()->default_value("deadpeer.db")->value_name("FILE"),
        "SQLite file that records every connection's end; \"off\" records nothing")  //
       ("keepalive,k", po::value<std::string>()->value_name("SPEC"),
@@ -296,7 +306,20 @@ deadpeer::server_options build_options(const po::variables_map& vm) {
   o.record_arrivals = count_option(vm, "record-arrivals", 0, deadpeer::max_record_arrivals);
   o.record_sample = count_option(vm, "record-sample", 1, unlimited);
   if (vm.count("auth-token-file") != 0)
-    o.auth_token = read_token_file(vm["auth-token-file"].as<std::string>());
+    o.auth_token = read_token_file(vm["auth-token-file"].as<std::string>(), "--auth-token-file");
+  if (vm.count("control-token-file") != 0)
+    o.control_api_access.bearer_token =
+        read_token_file(vm["control-token-file"].as<std::string>(), "--control-token-file");
+  if (vm.count("control-host") != 0)
+    for (const auto& name : vm["control-host"].as<std::vector<std::string>>()) {
+      const bool plain = !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-';
+      });
+      if (!plain)
+        throw usage_error("--control-host \"" + name +
+                          "\": expected a host name (letters, digits, dots and dashes)");
+      o.control_api_access.host_names.push_back(name);
+    }
   deadpeer::validate(o);
   return o;
 }
@@ -457,6 +480,7 @@ int main(int argc, char** argv) {
     if (vm.count("log") != 0) open_log(vm["log"].as<std::string>());
     const bool verbose = vm["verbose"].as<bool>();
     auto server_options = build_options(vm);
+    const bool has_control_token = !server_options.control_api_access.bearer_token.empty();
     if (server_options.record_arrivals != 0 && server_options.db_path.empty())
       std::cerr << "heartbeat-server: note: --record-arrivals with --db off: the traces are "
                    "served by GET /arrivals while connections live, and kept nowhere after"
@@ -485,6 +509,13 @@ int main(int argc, char** argv) {
       std::cout << ", control API on http://" << *control;
     std::cout << std::endl;
     std::cout << "heartbeat-server: " << server.threads() << " event loop(s)" << std::endl;
+    if (const auto control = server.control_endpoint();
+        control && !control->address().is_loopback() && !has_control_token)
+      std::cerr << "heartbeat-server: WARNING: the control API on " << *control
+                << " can be reached from other hosts and asks for no token: anyone who reaches "
+                   "it reads client ids and peer addresses. Give --control-token-file FILE, or "
+                   "listen on 127.0.0.1 (--control 127.0.0.1:PORT)."
+                << std::endl;
 
     signal_handler signals(io, server, argc, argv, options);
     io.run();

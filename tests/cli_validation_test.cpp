@@ -9,6 +9,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <catch2/catch.hpp>
 
+#include <signal.h>
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -72,6 +73,14 @@ TEST_CASE("heartbeat-server refuses bad command lines with exit 2, naming the va
     const auto a = server({"extra"});
     CHECK(a.exit_code == 2);
     CHECK_THAT(a.output, Contains("unexpected argument \"extra\"") && Contains("only options"));
+  }
+  SECTION("control API access: a bad host name, a token file that is a directory") {
+    auto a = server({"--control-host", "evil name"});
+    CHECK(a.exit_code == 2);
+    CHECK_THAT(a.output, Contains("--control-host \"evil name\": expected a host name"));
+    a = server({"--control-token-file", dir.path().string()});
+    CHECK(a.exit_code == 2);
+    CHECK_THAT(a.output, Contains("--control-token-file") && Contains("is a directory"));
   }
   SECTION("--max-connections -1 (not read as the largest unsigned number)") {
     const auto a = server({"--max-connections", "-1"});
@@ -251,5 +260,28 @@ TEST_CASE("both programs: --version prints the version, the commit and the libra
                                         "commit ([0-9a-f]{4,40}|unknown)\n"
                                         "Boost \\d+_\\d+\n"
                                         "SQLite \\d+\\.\\d+\\.\\d+\n"));
+  }
+}
+
+TEST_CASE("heartbeat-server warns loudly when its control API is reachable without a token") {
+  deadpeer::test::temp_dir dir;
+  const auto token = write_file(dir, "token", "s3cret\n");
+  for (const bool with_token : {false, true}) {
+    std::vector<std::string> argv{"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DEADPEER_SERVER_BINARY,
+                                  "--listen", "127.0.0.1:0", "--control", "0.0.0.0:0", "--db", "off"};
+    if (with_token) argv.insert(argv.end(), {"--control-token-file", token});
+    probe::child_process p(argv);
+    REQUIRE(p.wait_for_line("event loop(s)", 10s));
+    // The warning follows the start-up lines at once; a second later there is nothing more.
+    const auto warning = p.wait_for_line("WARNING", with_token ? 1s : 10s);
+    INFO(p.output());
+    if (with_token) {
+      CHECK_FALSE(warning);
+    } else {
+      REQUIRE(warning);
+      CHECK_THAT(*warning, Contains("0.0.0.0") && Contains("--control-token-file"));
+    }
+    p.signal(SIGTERM);
+    CHECK(p.wait(10s).has_value());
   }
 }

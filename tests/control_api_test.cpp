@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <condition_variable>
 #include <future>
 #include <mutex>
@@ -42,7 +43,11 @@ const std::string metrics_body =
 class fake_source : public control_source {
  public:
   std::string status_json() override { return status_body; }
-  std::string connections_json() override { return connections_body; }
+  std::string connections_json() override {
+    ++connections_calls_;
+    return connections_body;
+  }
+  int connections_calls() const { return connections_calls_.load(); }
   std::string metrics_text() override { return metrics_body; }
 
   std::vector<control_event> events_since(std::uint64_t since, std::size_t limit) override {
@@ -113,14 +118,16 @@ class fake_source : public control_source {
   std::vector<std::function<void()>> notify_;
   int registrations_ = 0;
   int queries_ = 0;
+  std::atomic<int> connections_calls_{0};
   std::array<std::uint64_t, 3> last_arrivals_query_{};
 };
 
 /// The API on 127.0.0.1:<ephemeral>, its io_context on a background thread. Teardown
 /// checks that after stop() the server's work drains by itself (nothing left hanging).
 struct api_fixture {
-  api_fixture() {
-    api.emplace(io.get_executor(), tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0), source);
+  explicit api_fixture(control_access access = {}) {
+    api.emplace(io.get_executor(), tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0), source,
+                std::move(access));
     api->start();
     thread = std::thread([this] {
       io.run();
@@ -381,7 +388,7 @@ TEST_CASE_METHOD(api_fixture, "a pipelined request does not end a waiting long-p
   http_client client(port());
   const auto sent = steady_clock::now();
   REQUIRE_FALSE(client.send_raw(
-      "GET /events?wait=300 HTTP/1.1\r\nHost: x\r\n\r\nGET /status HTTP/1.1\r\nHost: x\r\n\r\n"));
+      "GET /events?wait=300 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"));
   http::response<http::string_body> first;
   REQUIRE_FALSE(client.read(first));
   CHECK(steady_clock::now() - sent >= 300ms);
@@ -394,7 +401,7 @@ TEST_CASE_METHOD(api_fixture, "a pipelined request does not end a waiting long-p
 TEST_CASE_METHOD(api_fixture, "a long-poll whose client half-closes is dropped at once",
                  "[control_api][long-poll]") {
   http_client client(port());
-  REQUIRE_FALSE(client.send_raw("GET /events?wait=5000 HTTP/1.1\r\nHost: x\r\n\r\n"));
+  REQUIRE_FALSE(client.send_raw("GET /events?wait=5000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"));
   REQUIRE(source.wait_for_registrations(1));
   const auto closed = steady_clock::now();
   client.shutdown_send();
@@ -586,4 +593,70 @@ TEST_CASE_METHOD(api_fixture, "a client trickling a request is cut off by the re
   CHECK(is_connection_end(end));
   CHECK(elapsed >= 9s);
   CHECK(elapsed < 13s);
+}
+
+// --- who may ask ------------------------------------------------------------------------
+
+TEST_CASE("host_allowed: IP addresses, localhost and configured names, any port or case") {
+  const control_access access{.host_names = {"deadpeer.internal"}, .bearer_token = {}};
+  for (const char* ok : {"127.0.0.1", "127.0.0.1:7701", "10.1.2.3:80", "[::1]:7701", "[::1]",
+                         "localhost", "LocalHost:7701", "deadpeer.internal",
+                         "DEADPEER.internal:9"})
+    CHECK(host_allowed(ok, access));
+  // A rebinding page sends its own name; a malformed value is refused too.
+  for (const char* refused : {"evil.example", "evil.example:7701", "127.0.0.1.evil.example",
+                              "localhost.evil.example", "", ":7701", "[::1", "[::1]x",
+                              "deadpeer.internal.evil"})
+    CHECK_FALSE(host_allowed(refused, access));
+}
+
+namespace {
+
+// A GET with the given extra header lines, on a fresh connection.
+reply get_with(unsigned short port, const std::string& target, const std::string& headers) {
+  http_client client(port);
+  REQUIRE_FALSE(client.connect_error());
+  REQUIRE_FALSE(client.send_raw("GET " + target + " HTTP/1.1\r\n" + headers +
+                                "Connection: close\r\n\r\n"));
+  reply r;
+  r.ec = client.read(r.res);
+  return r;
+}
+
+struct guarded_fixture : api_fixture {
+  guarded_fixture()
+      : api_fixture(control_access{.host_names = {"deadpeer.internal"}, .bearer_token = "s3cret"}) {}
+};
+
+}  // namespace
+
+TEST_CASE_METHOD(api_fixture, "a request naming another host is refused with 403 (DNS rebinding)",
+                 "[control_api]") {
+  const auto rebinding = get_with(port(), "/connections", "Host: attacker.example:" +
+                                                              std::to_string(port()) + "\r\n");
+  REQUIRE_FALSE(rebinding.ec);
+  CHECK(rebinding.status() == 403);
+  CHECK_THAT(rebinding.res.body(), Catch::Contains("attacker.example") &&
+                                       Catch::Contains("--control-host"));
+  CHECK(source.connections_calls() == 0);  // nothing was read from the source
+  const auto local = get_with(port(), "/connections", "Host: localhost:" + std::to_string(port()) + "\r\n");
+  CHECK(local.status() == 200);
+  const auto missing = get_with(port(), "/status", "");
+  CHECK(missing.status() == 400);  // HTTP/1.1 without Host
+}
+
+TEST_CASE_METHOD(guarded_fixture, "with a token, only requests that carry it are answered",
+                 "[control_api]") {
+  const std::string host = "Host: deadpeer.internal\r\n";
+  const auto none = get_with(port(), "/metrics", host);
+  CHECK(none.status() == 401);
+  CHECK(none.header(http::field::www_authenticate) == "Bearer");
+  CHECK(get_with(port(), "/metrics", host + "Authorization: Bearer guess\r\n").status() == 401);
+  CHECK(get_with(port(), "/metrics", host + "Authorization: Bearer s3cre\r\n").status() == 401);
+  CHECK(get_with(port(), "/metrics", host + "Authorization: Basic s3cret\r\n").status() == 401);
+  const auto right = get_with(port(), "/metrics", host + "Authorization: Bearer s3cret\r\n");
+  CHECK(right.status() == 200);
+  // The token does not make a foreign Host acceptable.
+  CHECK(get_with(port(), "/metrics", "Host: evil.example\r\nAuthorization: Bearer s3cret\r\n")
+            .status() == 403);
 }

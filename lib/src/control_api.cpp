@@ -19,6 +19,8 @@
 // and gives up when the client goes away (EOF or error), as nginx does.
 #include <deadpeer/control_api.hpp>
 
+#include "constant_time.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -38,6 +40,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <exception>
@@ -222,9 +225,67 @@ struct poll_waiter {
 
 }  // namespace
 
+namespace {
+
+bool same_name(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+// Why a request may not be answered (403 or 401), or nullopt.
+std::optional<std::pair<http::status, std::string>> refusal(const request& req,
+                                                            const control_access& access) {
+  const auto host = req.find(http::field::host);
+  if (host == req.end()) {
+    // Browsers always send Host; HTTP/1.1 requires it.
+    if (req.version() >= 11)
+      return std::pair{http::status::bad_request, std::string("HTTP/1.1 request without Host")};
+  } else if (!host_allowed(host->value(), access)) {
+    return std::pair{http::status::forbidden,
+                     "Host \"" + printable(host->value()) +
+                         "\" is not this API's: ask by IP address or localhost, or start the "
+                         "server with --control-host NAME to allow that name"};
+  }
+  if (access.bearer_token.empty()) return std::nullopt;
+  const auto given = req.find(http::field::authorization);
+  constexpr std::string_view scheme = "Bearer ";
+  if (given == req.end() || !given->value().starts_with(scheme) ||
+      !detail::same_secret(given->value().substr(scheme.size()), access.bearer_token))
+    return std::pair{http::status::unauthorized,
+                     std::string("this API needs \"Authorization: Bearer TOKEN\" (the server's "
+                                 "--control-token-file)")};
+  return std::nullopt;
+}
+
+}  // namespace
+
+bool host_allowed(std::string_view value, const control_access& access) {
+  std::string_view name = value;
+  if (name.starts_with('[')) {  // [v6]:port
+    const auto close = name.find(']');
+    if (close == std::string_view::npos) return false;
+    const auto rest = name.substr(close + 1);
+    if (!rest.empty() && !rest.starts_with(':')) return false;
+    name = name.substr(1, close - 1);
+  } else if (const auto colon = name.rfind(':'); colon != std::string_view::npos) {
+    name = name.substr(0, colon);
+  }
+  if (name.empty()) return false;
+  boost::system::error_code not_ip;
+  (void)asio::ip::make_address(std::string(name), not_ip);
+  if (!not_ip) return true;
+  if (same_name(name, "localhost")) return true;
+  return std::any_of(access.host_names.begin(), access.host_names.end(),
+                     [&](const std::string& allowed) { return same_name(name, allowed); });
+}
+
 struct control_api::impl : std::enable_shared_from_this<impl> {
-  impl(asio::any_io_executor executor, const tcp::endpoint& listen, control_source& source)
-      : strand_(asio::make_strand(executor)), acceptor_(strand_), source_(&source) {
+  impl(asio::any_io_executor executor, const tcp::endpoint& listen, control_source& source,
+       control_access access)
+      : strand_(asio::make_strand(executor)), acceptor_(strand_), source_(&source),
+        access_(std::move(access)) {
     beast::error_code ec;
     auto fail = [&](const char* what) {
       std::ostringstream where;
@@ -383,6 +444,12 @@ struct control_api::impl : std::enable_shared_from_this<impl> {
     const auto query =
         question == std::string_view::npos ? std::string_view{} : target.substr(question + 1);
 
+    if (auto refused = refusal(req, self->access_)) {
+      auto res = make_error(refused->first, refused->second, version, keep_alive);
+      if (refused->first == http::status::unauthorized)
+        res.set(http::field::www_authenticate, "Bearer");
+      co_return res;
+    }
     const auto r = route_for(path);
     if (!r)
       co_return make_error(http::status::not_found, "no such path: " + printable(path), version,
@@ -498,6 +565,7 @@ struct control_api::impl : std::enable_shared_from_this<impl> {
   std::atomic<bool> stopped_{false};
   std::mutex source_mutex_;
   control_source* source_;  // guarded by source_mutex_; null once stopped
+  const control_access access_;
   // The rest is touched on the strand only.
   bool armed_ = false;
   std::vector<std::weak_ptr<connection>> connections_;
@@ -505,8 +573,8 @@ struct control_api::impl : std::enable_shared_from_this<impl> {
 };
 
 control_api::control_api(asio::any_io_executor executor, tcp::endpoint listen,
-                         control_source& source)
-    : impl_(std::make_shared<impl>(std::move(executor), listen, source)) {}
+                         control_source& source, control_access access)
+    : impl_(std::make_shared<impl>(std::move(executor), listen, source, std::move(access))) {}
 
 control_api::~control_api() {
   impl_->stop();

@@ -13,6 +13,7 @@
 #include <deadpeer/duration.hpp>
 #include <deadpeer/store.hpp>
 
+#include "constant_time.hpp"
 #include "metrics.hpp"
 #include "server_loop.hpp"
 
@@ -51,14 +52,6 @@ using std::chrono::milliseconds;
 using std::chrono::steady_clock;
 using detail::connection_ref;
 using detail::server_loop;
-
-// Constant-time comparison: the time to reject a token must not reveal its prefix.
-bool same_secret(std::string_view a, std::string_view b) {
-  unsigned char difference = a.size() == b.size() ? 0 : 1;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    difference |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
-  return difference == 0;
-}
 
 double ms(std::int64_t ns) {
   return static_cast<double>(ns) / 1e6;
@@ -267,7 +260,8 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
     if (!options.db_path.empty())
       store = std::make_unique<event_store>(event_store::options{.path = options.db_path});
     if (options.control)
-      api = std::make_unique<control_api>(context.get_executor(), *options.control, *this);
+      api = std::make_unique<control_api>(context.get_executor(), *options.control, *this,
+                                          options.control_api_access);
   }
 
   void start() {
@@ -320,7 +314,7 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
     if (stopping) return wire::error{wire::error_code::server_full, "server is shutting down"};
     {
       std::lock_guard lock(registry_mutex);  // the token and the limits may be reloaded
-      if (!options.auth_token.empty() && !same_secret(hello.auth_token, options.auth_token)) {
+      if (!options.auth_token.empty() && !detail::same_secret(hello.auth_token, options.auth_token)) {
         count("rejected:auth_failed");
         return wire::error{wire::error_code::auth_failed, "wrong or missing auth token"};
       }

@@ -53,6 +53,20 @@ class control_source {
   }
 };
 
+/// Who may ask. The API serves client ids and peer addresses, so a request is answered
+/// only when its Host header names this host the way a person or a scraper would (an IP
+/// address, "localhost", or a name listed here): a web page that rebinds its own DNS name
+/// to 127.0.0.1 (DNS rebinding) sends its own name and is refused with 403. With a token,
+/// every request must also carry "Authorization: Bearer TOKEN" (else 401).
+struct control_access {
+  std::vector<std::string> host_names;  ///< names besides IP addresses and localhost
+  std::string bearer_token;             ///< empty: no token asked
+};
+
+/// Whether a Host header value ("name", "name:port", "1.2.3.4:80", "[::1]:7701") passes
+/// `access`: an IP literal, localhost, or one of its names (any case, any port).
+bool host_allowed(std::string_view host_header, const control_access& access);
+
 /// The HTTP listener. Routes:
 ///   GET /status, GET /connections, GET /metrics,
 ///   GET /events?since=ID&wait=MS  (long-poll: returns at once if events exist, else waits
@@ -66,7 +80,7 @@ class control_api {
  public:
   /// Binds immediately (throws boost::system::system_error with the address on failure).
   control_api(boost::asio::any_io_executor executor, boost::asio::ip::tcp::endpoint listen,
-              control_source& source);
+              control_source& source, control_access access = {});
   ~control_api();
   control_api(const control_api&) = delete;
   control_api& operator=(const control_api&) = delete;

@@ -66,6 +66,9 @@ struct server_options {
   /// HTTP control API address; nullopt: no API.
   std::optional<boost::asio::ip::tcp::endpoint> control =
       boost::asio::ip::tcp::endpoint{boost::asio::ip::make_address("127.0.0.1"), 7701};
+  /// Who may use the control API: Host names besides IP addresses and localhost, and a
+  /// bearer token (empty: none). See control_access.
+  control_access control_api_access;
   /// SQLite file for connection ends; empty: nothing stored.
   std::string db_path = "deadpeer.db";
 
