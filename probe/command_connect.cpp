@@ -24,6 +24,8 @@
 #include <sys/prctl.h>
 
 #include <csignal>
+#include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <random>
 
@@ -147,8 +149,12 @@ int command_connect(const std::vector<std::string>& args) {
       ("keepalive,k", po::value<std::string>()->value_name("SPEC"),
        "kernel keepalive idle:interval:count[:user_timeout], e.g. 1s:1s:3")                     //
       ("user-timeout,u", po::value<std::string>()->value_name("DURATION"), "TCP_USER_TIMEOUT")  //
+      ("auth-token-file", po::value<std::string>()->value_name("FILE"),
+       "the secret of a server started with --auth-token-file: the first line of FILE (or "
+       "set DEADPEER_AUTH_TOKEN in the environment)")  //
       ("auth-token", po::value<std::string>()->value_name("TOKEN"),
-       "shared secret for a server started with --auth-token-file")                    //
+       "the secret itself; other users see it in ps: prefer --auth-token-file or "
+       "DEADPEER_AUTH_TOKEN")                    //
       ("reconnect", "reconnect with back-off (100ms doubling to 5s) after every end")  //
       ("lab-signals",
        "fault-lab hooks: SIGUSR1 closes with RST (SO_LINGER 0), SIGUSR2 half-closes and goes "
@@ -191,7 +197,25 @@ int command_connect(const std::vector<std::string>& args) {
         deadpeer::parse_duration(vm["user-timeout"].as<std::string>());
     deadpeer::validate(*s.session.keepalive);
   }
-  if (vm.count("auth-token") != 0) s.session.auth_token = vm["auth-token"].as<std::string>();
+  if (vm.count("auth-token") + vm.count("auth-token-file") > 1)
+    throw usage_error("--auth-token and --auth-token-file: give the secret one way");
+  if (vm.count("auth-token-file") != 0) {
+    const auto path = vm["auth-token-file"].as<std::string>();
+    std::ifstream in(path);
+    std::getline(in, s.session.auth_token);
+    while (!s.session.auth_token.empty() &&
+           (s.session.auth_token.back() == '\r' || s.session.auth_token.back() == ' '))
+      s.session.auth_token.pop_back();
+    if (!in && s.session.auth_token.empty())
+      throw usage_error("--auth-token-file \"" + path + "\": cannot be read, or its first line is empty");
+  } else if (vm.count("auth-token") != 0) {
+    s.session.auth_token = vm["auth-token"].as<std::string>();
+    std::cerr << "probe connect: note: --auth-token is visible to other users of this host "
+                 "(ps); --auth-token-file or DEADPEER_AUTH_TOKEN keep it out of the command line"
+              << std::endl;
+  } else if (const char* from_environment = std::getenv("DEADPEER_AUTH_TOKEN")) {
+    s.session.auth_token = from_environment;
+  }
   s.reconnect = vm.count("reconnect") != 0;
   s.verbose = vm.count("verbose") != 0;
   s.lab = vm.count("lab-signals") != 0;

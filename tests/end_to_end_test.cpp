@@ -466,3 +466,32 @@ TEST_CASE("end to end: heartbeat-server --log appends there and SIGHUP reopens i
   std::error_code ignored;
   fs::remove_all(dir, ignored);
 }
+
+TEST_CASE("end to end: probe connect takes the auth token from a file or the environment, not argv") {
+  const auto dir = fs::temp_directory_path() / ("deadpeer-e2e-token-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  write_text(dir / "token", "s3cret\n");
+  running_server server({}, {"--auth-token-file", (dir / "token").string()});
+  const auto address = "127.0.0.1:" + std::to_string(server.port);
+  {
+    child_process from_file({DEADPEER_PROBE_BINARY, "connect", "--server", address, "--id",
+                             "from-file", "--auth-token-file", (dir / "token").string()});
+    CHECK(from_file.wait_for_line("connected to", 10s).has_value());
+  }
+  {
+    ::setenv("DEADPEER_AUTH_TOKEN", "s3cret", 1);
+    child_process from_environment(
+        {DEADPEER_PROBE_BINARY, "connect", "--server", address, "--id", "from-env"});
+    ::unsetenv("DEADPEER_AUTH_TOKEN");
+    CHECK(from_environment.wait_for_line("connected to", 10s).has_value());
+  }
+  {
+    write_text(dir / "wrong", "guess\n");
+    child_process wrong({"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DEADPEER_PROBE_BINARY,
+                         "connect", "--server", address, "--id", "wrong", "--auth-token-file",
+                         (dir / "wrong").string()});
+    CHECK(wrong.wait_for_line("auth_failed", 10s).has_value());
+  }
+  std::error_code ignored;
+  fs::remove_all(dir, ignored);
+}

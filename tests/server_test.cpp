@@ -466,6 +466,16 @@ TEST_CASE("server: with an auth token, only clients that prove it get in or take
   CHECK(f.status().at("superseded").as_int64() == 0);
   const auto connections = f.get_json("/connections").as_array();
   CHECK(connections.size() == 2);  // the owner, and the intruder until its close completes
+  // The refusal's end names the id that was tried, so an operator sees who was targeted.
+  // (The owner, a raw peer that never pings, ends too: by heartbeat timeout.)
+  std::uint64_t since = 0;
+  std::optional<json::object> refused;
+  for (int i = 0; i < 2 && !refused; ++i)
+    if (const auto e = f.next_event(since); str(e.at("cause")) == "auth_failed") refused = e;
+  REQUIRE(refused);
+  CHECK(str(refused->at("client_id")) == "meter-7");
+  CHECK(f.rows("SELECT client_id FROM connections WHERE cause = 'auth_failed'") ==
+        std::vector<std::vector<std::string>>{{"meter-7"}});
 }
 
 TEST_CASE("server: /metrics is valid Prometheus text with the documented families") {

@@ -105,9 +105,10 @@ struct server_loop::observer final : engine_observer {
     auto& c = loop.at(slot);
     std::optional<connection_ref> superseded;
     const connection_ref self{loop.index_, slot, c.generation};
+    // Refused or not, the end names the id the peer asked for (who tried a wrong token).
+    c.client_id = hello.client_id;
     if (auto refusal = loop.host_.admit(hello, c.peer, self, superseded)) return refusal;
     c.admitted = true;
-    c.client_id = hello.client_id;
     if (superseded) {
       if (superseded->loop == loop.index_)
         loop.deferred_supersede_.push_back(*superseded);
