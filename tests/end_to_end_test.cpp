@@ -426,7 +426,11 @@ TEST_CASE("end to end: SIGHUP reloads the config file, keeps every connection, a
     CHECK(WEXITSTATUS(*status_code) == 0);
     INFO(server.process->output());
     const auto db = server.dir / "e2e.db";
-    CHECK(rows(db, "SELECT count(*) FROM connections WHERE client_id IN ('first', 'second')") == 2);
+    // Both admitted connections, closed by the stop (the refused attempt has its own row).
+    CHECK(rows(db, "SELECT count(*) FROM connections WHERE client_id IN ('first', 'second') AND "
+                   "cause = 'local_close'") == 2);
+    CHECK(rows(db, "SELECT count(*) FROM connections WHERE client_id = 'second' AND "
+                   "cause = 'server_full'") == 1);
     // Each connection's row names the keepalive it was accepted with.
     CHECK(rows(db, "SELECT count(*) FROM connections WHERE client_id = 'second' AND keepalive LIKE '7s%'") == 1);
     CHECK(rows(db, "SELECT count(*) FROM connections WHERE client_id = 'first' AND keepalive NOT LIKE '7s%'") == 1);

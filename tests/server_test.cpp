@@ -240,8 +240,12 @@ TEST_CASE("server: a closed client is recorded as peer_closed in /events and in 
   CHECK(str(event.at("cause")) == "peer_closed");
   CHECK(str(event.at("detected_by")) == "eof");
   CHECK(str(event.at("client_id")) == "crashy");
+  CHECK(event.at("durable").is_bool());  // true once its row is committed
   CHECK(f.stored_causes() ==
         std::vector<std::pair<std::string, std::string>>{{"peer_closed", "eof"}});
+  // After the commit (stored_causes flushed the store), the same event says so.
+  std::uint64_t again = 0;
+  CHECK(f.next_event(again).at("durable").as_bool());
   CHECK(f.live() == 0);
 }
 

@@ -205,7 +205,13 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
       by.emplace(std::string(to_string(d)), detection_latency_template());
     return by;
   }();
-  std::deque<control_event> events;
+  // Connection ends for /events, each with its number in the store (0: no store), so that
+  // each can be served with whether its row is in the database yet.
+  struct stored_event {
+    control_event event;
+    std::uint64_t store_sequence = 0;
+  };
+  std::deque<stored_event> events;
   std::uint64_t next_event_id = 1;
   std::vector<std::function<void()>> event_waiters;
   std::int64_t started_ns = monotonic_ns();
@@ -410,9 +416,11 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
       e["last_heard_mono_ns"] = end.end.last_heard_ns;
       e["silence_ms"] = ms(end.end.decided_ns - end.end.last_heard_ns);
       e["ended_unix_ms"] = r.ended_unix_ms;
-      events.push_back({next_event_id++, deadpeer::json_text(e)});
+      // Queued under the same lock as the event, so events and store numbers agree.
+      const std::uint64_t sequence = store ? store->record(std::move(r)) : 0;
+      events.push_back({{next_event_id++, deadpeer::json_text(e)}, sequence});
       if (options.on_event)
-        asio::post(io, [self = shared_from_this(), text = events.back().json] {
+        asio::post(io, [self = shared_from_this(), text = events.back().event.json] {
           self->options.on_event(text);
         });
       while (events.size() > options.event_history)
@@ -421,7 +429,6 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
     }
     for (auto& notify : waiters)
       asio::post(io, std::move(notify));
-    if (store) store->record(std::move(r));
   }
 
   // On the io_context's thread. Applies what can change while connections live and says
@@ -709,9 +716,17 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
   std::vector<control_event> events_since(std::uint64_t since, std::size_t limit) override {
     std::lock_guard lock(stats_mutex);
     std::vector<control_event> out;
+    const std::uint64_t settled = store ? store->settled_through() : 0;
     for (const auto& e : events) {
-      if (e.id <= since) continue;
-      out.push_back(e);
+      if (e.event.id <= since) continue;
+      out.push_back(e.event);
+      if (store) {
+        // "durable": the end's row is committed to the database (kill -9 now would keep
+        // it). An end served with false may still be lost by a crash before its commit.
+        auto& text = out.back().json;
+        text.pop_back();  // the closing brace
+        text += e.store_sequence <= settled ? ",\"durable\":true}" : ",\"durable\":false}";
+      }
       if (out.size() >= limit) break;
     }
     return out;

@@ -542,14 +542,16 @@ struct event_store::impl {
     rollback = prepare("ROLLBACK");
   }
 
-  void push(item it) {
+  std::uint64_t push(item it) {
+    std::uint64_t sequence = 0;
     {
       std::lock_guard lock(mutex);
       queue.push_back(std::move(it));
-      ++enqueued;
+      sequence = ++enqueued;
       queued_count.fetch_add(1, std::memory_order_relaxed);
     }
     wake_writer.notify_one();
+    return sequence;
   }
 
   // Steps a statement without arguments (BEGIN, COMMIT, ROLLBACK); on failure keeps
@@ -826,8 +828,13 @@ event_store::event_store(options o) : impl_(std::make_unique<impl>(std::move(o))
 
 event_store::~event_store() = default;
 
-void event_store::record(connection_record r) {
-  impl_->push(std::move(r));
+std::uint64_t event_store::record(connection_record r) {
+  return impl_->push(std::move(r));
+}
+
+std::uint64_t event_store::settled_through() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->resolved;
 }
 
 void event_store::record(trial_record r) {

@@ -133,8 +133,13 @@ class event_store {
   event_store(const event_store&) = delete;
   event_store& operator=(const event_store&) = delete;
 
-  /// Queue a record; never waits for the disk. Safe from any thread.
-  void record(connection_record r);
+  /// Queue a record; never waits for the disk. Safe from any thread. Returns its sequence
+  /// number (1, 2, ... over every record() of this store, trials included).
+  std::uint64_t record(connection_record r);
+  /// Records are settled in sequence order: every record numbered up to this one has been
+  /// committed (or, rarely, refused or given up, which not_written() counts and stderr
+  /// says). Compare a record()'s number with it to know whether that row is in the file.
+  std::uint64_t settled_through() const;
   /// As above; throws std::invalid_argument (nothing queued) if outcome is not "detected",
   /// "missed" or "premature", or run_id is not positive.
   void record(trial_record r);
