@@ -223,17 +223,6 @@ struct poll_waiter {
   bool woken = false;
 };
 
-}  // namespace
-
-namespace {
-
-bool same_name(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
 // Why a request may not be answered (403 or 401), or nullopt.
 std::optional<std::pair<http::status, std::string>> refusal(const request& req,
                                                             const control_access& access) {
@@ -260,26 +249,6 @@ std::optional<std::pair<http::status, std::string>> refusal(const request& req,
 }
 
 }  // namespace
-
-bool host_allowed(std::string_view value, const control_access& access) {
-  std::string_view name = value;
-  if (name.starts_with('[')) {  // [v6]:port
-    const auto close = name.find(']');
-    if (close == std::string_view::npos) return false;
-    const auto rest = name.substr(close + 1);
-    if (!rest.empty() && !rest.starts_with(':')) return false;
-    name = name.substr(1, close - 1);
-  } else if (const auto colon = name.rfind(':'); colon != std::string_view::npos) {
-    name = name.substr(0, colon);
-  }
-  if (name.empty()) return false;
-  boost::system::error_code not_ip;
-  (void)asio::ip::make_address(std::string(name), not_ip);
-  if (!not_ip) return true;
-  if (same_name(name, "localhost")) return true;
-  return std::any_of(access.host_names.begin(), access.host_names.end(),
-                     [&](const std::string& allowed) { return same_name(name, allowed); });
-}
 
 struct control_api::impl : std::enable_shared_from_this<impl> {
   impl(asio::any_io_executor executor, const tcp::endpoint& listen, control_source& source,
