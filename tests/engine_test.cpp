@@ -593,3 +593,45 @@ TEST_CASE("engine: with a coalescing grid PINGs fall due on it, within the allow
   // Only a wait drawn within 16 ms of the longest one is clamped off the grid.
   CHECK(on_grid >= 150);
 }
+
+TEST_CASE("engine: a frame trickled in byte by byte must be complete within dead_after") {
+  established_server s;  // interval 1 s, fixed 3x: dead_after 3 s
+  // A DATA frame of 100 payload bytes; its header and one byte a second after that: every
+  // byte is life, so silence alone would never end it.
+  const auto frame = bytes_of(wire::data{.payload = std::vector<std::byte>(100, std::byte{7})});
+  auto now = t0 + 10ms;
+  s.engine.receive(std::span(frame).first(6), now, s.out, s.events);
+  const auto first_byte = now;
+  std::size_t sent = 6;
+  while (!s.engine.ended() && sent < frame.size()) {
+    now += 900ms;
+    if (now >= s.engine.next_timeout()) s.engine.on_timeout(s.engine.next_timeout(), s.out);
+    if (s.engine.ended()) break;
+    s.engine.receive(std::span(frame).subspan(sent++, 1), now, s.out, s.events);
+    s.out.urgent.clear();
+    s.out.ordered.erase(s.out.ordered.begin(), s.out.ordered.end());
+  }
+  REQUIRE(s.engine.ended());
+  CHECK(s.engine.end().cause == cause::protocol_error);
+  CHECK(s.engine.end().decided_ns == to_monotonic_ns(first_byte + 3s));
+  CHECK(sent < 10);
+  CHECK(s.events.data.empty());
+}
+
+TEST_CASE("engine: a slow frame completed in time resets the bound for the next one") {
+  established_server s;
+  const auto frame = bytes_of(wire::data{.payload = std::vector<std::byte>(10, std::byte{1})});
+  // First frame: header at t0+10ms, the rest 2.5 s later together with the next frame's
+  // first 3 bytes, which then have their own 3 s.
+  s.engine.receive(std::span(frame).first(5), t0 + 10ms, s.out, s.events);
+  std::vector<std::byte> rest(frame.begin() + 5, frame.end());
+  rest.insert(rest.end(), frame.begin(), frame.begin() + 3);
+  s.engine.receive(rest, t0 + 2510ms, s.out, s.events);
+  CHECK(s.events.data.size() == 1);
+  s.engine.on_timeout(t0 + 3100ms, s.out);  // past the first frame's bound, not the second's
+  CHECK_FALSE(s.engine.ended());
+  s.engine.receive(std::span(frame).subspan(3), t0 + 4s, s.out, s.events);
+  CHECK(s.events.data.size() == 2);
+  CHECK(s.engine.buffered() == 0);
+  CHECK_FALSE(s.engine.ended());
+}

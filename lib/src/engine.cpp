@@ -125,7 +125,7 @@ protocol_engine::protocol_engine(protocol_engine&&) noexcept = default;
 protocol_engine& protocol_engine::operator=(protocol_engine&&) noexcept = default;
 
 std::size_t protocol_engine::buffered() const {
-  return partial_ ? partial_->size() : 0;
+  return partial_ ? partial_->bytes.size() : 0;
 }
 
 void protocol_engine::receive(std::span<const std::byte> bytes, time_point now, engine_output& out,
@@ -149,21 +149,25 @@ void protocol_engine::receive(std::span<const std::byte> bytes, time_point now, 
     }();
     // Only the tail of a frame still arriving is kept, per connection.
     if (!end_ && used < bytes.size())
-      partial_ = std::make_unique<std::vector<std::byte>>(bytes.begin() + static_cast<std::ptrdiff_t>(used),
-                                                          bytes.end());
+      partial_ = std::make_unique<partial_frame>(partial_frame{
+          {bytes.begin() + static_cast<std::ptrdiff_t>(used), bytes.end()}, now});
     return;
   }
-  partial_->insert(partial_->end(), bytes.begin(), bytes.end());
+  auto& held = partial_->bytes;
+  held.insert(held.end(), bytes.begin(), bytes.end());
   std::size_t at = 0;
   while (!end_) {
-    const std::size_t n = consume(std::span(*partial_).subspan(at), now, out, observer);
+    const std::size_t n = consume(std::span(held).subspan(at), now, out, observer);
     if (n == 0) break;
     at += n;
   }
-  if (end_ || at == partial_->size())
+  if (end_ || at == held.size()) {
     partial_.reset();
-  else
-    partial_->erase(partial_->begin(), partial_->begin() + static_cast<std::ptrdiff_t>(at));
+  } else if (at != 0) {
+    // The frame that was arriving is complete; the bytes left start another, now.
+    held.erase(held.begin(), held.begin() + static_cast<std::ptrdiff_t>(at));
+    partial_->since = now;
+  }
 }
 
 // Decodes and handles the first frame of `bytes`; returns the bytes it took (0: needs more,
@@ -212,6 +216,15 @@ void protocol_engine::on_timeout(time_point now, engine_output& out) {
     return;
   }
   if (!config_->heartbeat) return;
+  // §6: a frame must be complete within dead_after of its first bytes, however slowly
+  // they trickle in (each byte is life, so the detector alone would wait forever).
+  if (partial_ && now >= frame_due()) {
+    end_by_protocol(wire::error_code::malformed_frame,
+                    "frame not complete within " + std::to_string(dead_after_ms_) +
+                        " ms of its first byte",
+                    now, out);
+    return;
+  }
   // §6 declaring the peer dead: abortive, nothing more is sent.
   if (now >= dead_at()) {
     decide(cause::heartbeat_timeout, detected_by::heartbeat, close_mode::abortive, now);
@@ -230,8 +243,13 @@ time_point protocol_engine::next_timeout() const {
     return config_->handshake_timeout.count() > 0 ? opened_ + config_->handshake_timeout
                                                   : time_point::max();
   if (!config_->heartbeat) return time_point::max();
-  if (send_closed_) return dead_at();
-  return std::min(dead_at(), ping_due());
+  const auto due = partial_ ? std::min(dead_at(), frame_due()) : dead_at();
+  if (send_closed_) return due;
+  return std::min(due, ping_due());
+}
+
+time_point protocol_engine::frame_due() const {
+  return partial_->since + milliseconds(dead_after_ms_);
 }
 
 // The jittered wait, then rounded up to the coalescing grid (absolute time, so every
@@ -453,6 +471,7 @@ void protocol_engine::become_established(milliseconds interval, milliseconds dea
   last_sent_ = now;
   roll_ping_delay();
   const auto detector = with_interval(config_->detector, interval);
+  dead_after_ms_ = to_u32_ms(dead_after);
   if (std::holds_alternative<fixed_detector_config>(detector)) {
     dead_after_ms_ = to_u32_ms(fixed_timeout(std::get<fixed_detector_config>(detector)));
   } else if (std::holds_alternative<adaptive_detector_config>(detector)) {

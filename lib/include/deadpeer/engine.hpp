@@ -222,13 +222,21 @@ class protocol_engine {
   std::size_t consume(std::span<const std::byte> bytes, time_point now, engine_output& out,
                engine_observer& observer);
   time_point dead_at() const;
+  time_point frame_due() const;  ///< with partial_: when the frame must be complete
   time_point ping_due() const;
   std::uint32_t next_random();
 
   const engine_config* config_;
   std::unique_ptr<failure_detector> phi_;    ///< only for a phi detector
   adaptive_state adaptive_;                  ///< the adaptive detector's learning (adaptive_on_)
-  std::unique_ptr<std::vector<std::byte>> partial_;  ///< a frame still arriving
+  // A frame still arriving, and when its first bytes came: a frame must be complete within
+  // dead_after of that (§6), so that trickled bytes cannot hold a connection forever. On
+  // the heap, like the bytes: nothing per connection while no frame is partial.
+  struct partial_frame {
+    std::vector<std::byte> bytes;
+    time_point since;
+  };
+  std::unique_ptr<partial_frame> partial_;
   std::unique_ptr<std::vector<std::byte>> held_data_;  ///< DATA queued before the handshake
   std::unique_ptr<session_end> end_;
   time_point opened_;
@@ -241,7 +249,7 @@ class protocol_engine {
   std::uint32_t frames_received_ = 0;
   std::uint32_t frames_sent_ = 0;
   std::uint32_t interval_ms_ = 0;
-  std::uint32_t dead_after_ms_ = 0;  ///< fixed detector: the silence limit
+  std::uint32_t dead_after_ms_ = 0;  ///< WELCOME's dead_after (the fixed detector's limit)
   std::uint32_t ping_delay_us_ = 0;  ///< jittered wait before the next PING
   std::uint32_t max_frame_ = wire::handshake_max_frame;
   std::uint32_t rng_;
