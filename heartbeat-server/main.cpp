@@ -7,6 +7,7 @@
 #include <deadpeer/duration.hpp>
 #include <deadpeer/endpoint.hpp>
 #include <deadpeer/keepalive.hpp>
+#include <deadpeer/log.hpp>
 #include <deadpeer/server.hpp>
 #include <deadpeer/store.hpp>
 
@@ -16,16 +17,16 @@
 #include <boost/system/system_error.hpp>
 #include <boost/version.hpp>
 
-#include <sqlite3.h>
 #include <fcntl.h>
+#include <sqlite3.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <charconv>
+#include <cmath>
 #include <csignal>
 #include <cstring>
-#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -86,8 +87,7 @@ std::string read_token_file(const std::string& path, const std::string& flag) {
   std::getline(in, token);
   while (!token.empty() && (token.back() == '\r' || token.back() == ' '))
     token.pop_back();
-  if (token.empty())
-    throw usage_error(flag + " \"" + path + "\": the first line is empty");
+  if (token.empty()) throw usage_error(flag + " \"" + path + "\": the first line is empty");
   return token;
 }
 
@@ -95,8 +95,9 @@ po::options_description describe_options() {
   po::options_description o("Options (durations take a unit: 250ms, 1.5s, 30s, 5m)");
   o.add_options()                   //
       ("help,h", "show this help")  //
-      ("version", "print the version, the commit it was built from, and the Boost and "
-                  "SQLite versions")  //
+      ("version",
+       "print the version, the commit it was built from, and the Boost and "
+       "SQLite versions")  //
       ("config", po::value<std::string>()->value_name("FILE"),
        "read options from FILE: one key = value per line, keys as the long flags without "
        "dashes (listen = 127.0.0.1:7700); flags given on the command line win")  //
@@ -131,7 +132,8 @@ po::options_description describe_options() {
        "largest heartbeat interval granted; slower requests are lowered to it")  //
       ("interval-default", po::value<std::string>()->default_value("1s")->value_name("DURATION"),
        "interval granted to a client that asks for 0 (server's choice)")  //
-      ("detector", po::value<std::string>()->default_value("adaptive")->value_name("adaptive|fixed|phi"),
+      ("detector",
+       po::value<std::string>()->default_value("adaptive")->value_name("adaptive|fixed|phi"),
        "failure detector: adaptive (dead after the longest silence the link has shown lately, "
        "with a margin; see docs/detectors.md), fixed (dead after a set silence; implied by "
        "--dead-after and --dead-after-multiplier) or phi (phi accrual)")  //
@@ -264,15 +266,19 @@ deadpeer::server_options build_options(const po::variables_map& vm) {
   a.memory = std::chrono::duration_cast<std::chrono::minutes>(memory);
   a.max_multiplier = vm["adaptive-max"].as<double>();
   if (!std::isfinite(a.max_multiplier) || a.max_multiplier < a.min_multiplier)
-    throw usage_error("--adaptive-max: expected a number of at least " + std::to_string(a.min_multiplier).substr(0, 3) +
+    throw usage_error("--adaptive-max: expected a number of at least " +
+                      std::to_string(a.min_multiplier).substr(0, 3) +
                       " (heartbeat intervals), e.g. 10");
 
   auto detector = vm["detector"].as<std::string>();
-  const bool fixed_options = vm.count("dead-after") != 0 || !vm["dead-after-multiplier"].defaulted();
+  const bool fixed_options =
+      vm.count("dead-after") != 0 || !vm["dead-after-multiplier"].defaulted();
   if (vm["detector"].defaulted() && fixed_options) detector = "fixed";  // implied
   if (detector != "fixed" && fixed_options)
-    throw usage_error("--dead-after and --dead-after-multiplier set the fixed detector; they do not apply to --detector " +
-                      detector);
+    throw usage_error(
+        "--dead-after and --dead-after-multiplier set the fixed detector; they do not apply to "
+        "--detector " +
+        detector);
   if (detector == "adaptive") {
     o.detector = a;
   } else if (detector == "fixed") {
@@ -354,14 +360,17 @@ void store_config(const std::string& path, const po::options_description& option
   const auto& code = e.code();
   std::string text = std::string(flag) + " " + address + ": ";
   if (code == boost::system::errc::address_in_use)
-    text += "the address is in use (another program, or another heartbeat-server, listens on "
-            "it): stop that program, or choose another port (port 0 picks a free one)";
+    text +=
+        "the address is in use (another program, or another heartbeat-server, listens on "
+        "it): stop that program, or choose another port (port 0 picks a free one)";
   else if (code == boost::system::errc::address_not_available)
-    text += "the address is not one of this host's (ip -brief address lists them): use one of "
-            "its addresses, 127.0.0.1 for this host only, or 0.0.0.0 for every interface";
+    text +=
+        "the address is not one of this host's (ip -brief address lists them): use one of "
+        "its addresses, 127.0.0.1 for this host only, or 0.0.0.0 for every interface";
   else if (code == boost::system::errc::permission_denied)
-    text += "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE; choose a "
-            "port above 1023";
+    text +=
+        "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE; choose a "
+        "port above 1023";
   else
     text += "cannot listen: " + code.message();
   throw usage_error(text);
@@ -394,8 +403,8 @@ po::variables_map parse_arguments(int argc, char** argv, const po::options_descr
 void open_log(const std::string& path) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd < 0)
-    throw usage_error("--log \"" + path + "\": cannot be opened for appending: " +
-                      std::strerror(errno));
+    throw usage_error("--log \"" + path +
+                      "\": cannot be opened for appending: " + std::strerror(errno));
   std::cout.flush();
   std::cerr.flush();
   ::dup2(fd, STDOUT_FILENO);
@@ -409,7 +418,11 @@ class signal_handler {
  public:
   signal_handler(boost::asio::io_context& io, deadpeer::server& server, int argc, char** argv,
                  const po::options_description& options)
-      : io_(io), server_(server), argc_(argc), argv_(argv), options_(options),
+      : io_(io),
+        server_(server),
+        argc_(argc),
+        argv_(argv),
+        options_(options),
         signals_(io, SIGINT, SIGTERM, SIGHUP) {
     wait();
   }
@@ -422,15 +435,15 @@ class signal_handler {
         reload();
       else if (!stopping_) {
         stopping_ = true;
-        std::cout << "heartbeat-server: " << ::strsignal(signal) << ": closing "
-                  << server_.live_connections()
-                  << " connection(s) with BYE going_away (send it again to cut this short)"
-                  << std::endl;
+        deadpeer::log_line(deadpeer::log_level::info, 1)
+            << "heartbeat-server: " << ::strsignal(signal) << ": closing "
+            << server_.live_connections()
+            << " connection(s) with BYE going_away (send it again to cut this short)";
         server_.stop([this] { io_.stop(); });
       } else {
-        std::cout << "heartbeat-server: " << ::strsignal(signal)
-                  << " again: closing every connection now; their ends are still written"
-                  << std::endl;
+        deadpeer::log_line(deadpeer::log_level::warning, 1)
+            << "heartbeat-server: " << ::strsignal(signal)
+            << " again: closing every connection now; their ends are still written";
         server_.hurry_stop();
       }
       wait();
@@ -443,12 +456,13 @@ class signal_handler {
       if (vm.count("log") != 0) open_log(vm["log"].as<std::string>());
       const auto changes = server_.reconfigure(build_options(vm));
       if (changes.empty())
-        std::cout << "heartbeat-server: SIGHUP: reloaded; nothing changed" << std::endl;
+        deadpeer::log_line(deadpeer::log_level::info, 1)
+            << "heartbeat-server: SIGHUP: reloaded; nothing changed";
       for (const auto& change : changes)
-        std::cout << "heartbeat-server: SIGHUP: " << change << std::endl;
+        deadpeer::log_line(deadpeer::log_level::info, 1) << "heartbeat-server: SIGHUP: " << change;
     } catch (const std::exception& e) {
-      std::cerr << "heartbeat-server: SIGHUP: not reloaded, the running settings stay: " << e.what()
-                << std::endl;
+      deadpeer::log_line(deadpeer::log_level::error)
+          << "heartbeat-server: SIGHUP: not reloaded, the running settings stay: " << e.what();
     }
   }
 
@@ -482,14 +496,15 @@ int main(int argc, char** argv) {
     auto server_options = build_options(vm);
     const bool has_control_token = !server_options.control_api_access.bearer_token.empty();
     if (server_options.record_arrivals != 0 && server_options.db_path.empty())
-      std::cerr << "heartbeat-server: note: --record-arrivals with --db off: the traces are "
-                   "served by GET /arrivals while connections live, and kept nowhere after"
-                << std::endl;
+      deadpeer::log_line(deadpeer::log_level::warning)
+          << "heartbeat-server: note: --record-arrivals with --db off: the traces are "
+             "served by GET /arrivals while connections live, and kept nowhere after";
     if (verbose)
       server_options.on_event = [](const std::string& event) { std::cout << event << std::endl; };
 
     // Every connection is a descriptor: take all the process may have.
-    if (rlimit limit{}; ::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    if (rlimit limit{};
+        ::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
       limit.rlim_cur = limit.rlim_max;
       ::setrlimit(RLIMIT_NOFILE, &limit);
     }
@@ -504,28 +519,31 @@ int main(int argc, char** argv) {
     }
     auto& server = *held;
     server.start();
-    std::cout << "heartbeat-server listening on " << server.local_endpoint();
-    if (const auto control = server.control_endpoint())
-      std::cout << ", control API on http://" << *control;
-    std::cout << std::endl;
-    std::cout << "heartbeat-server: " << server.threads() << " event loop(s)" << std::endl;
+    {
+      deadpeer::log_line banner(deadpeer::log_level::info, 1);
+      banner << "heartbeat-server listening on " << server.local_endpoint();
+      if (const auto control = server.control_endpoint())
+        banner << ", control API on http://" << *control;
+    }
+    deadpeer::log_line(deadpeer::log_level::info, 1)
+        << "heartbeat-server: " << server.threads() << " event loop(s)";
     if (const auto control = server.control_endpoint();
         control && !control->address().is_loopback() && !has_control_token)
-      std::cerr << "heartbeat-server: WARNING: the control API on " << *control
-                << " can be reached from other hosts and asks for no token: anyone who reaches "
-                   "it reads client ids and peer addresses. Give --control-token-file FILE, or "
-                   "listen on 127.0.0.1 (--control 127.0.0.1:PORT)."
-                << std::endl;
+      deadpeer::log_line(deadpeer::log_level::warning)
+          << "heartbeat-server: WARNING: the control API on " << *control
+          << " can be reached from other hosts and asks for no token: anyone who reaches "
+             "it reads client ids and peer addresses. Give --control-token-file FILE, or "
+             "listen on 127.0.0.1 (--control 127.0.0.1:PORT).";
 
     signal_handler signals(io, server, argc, argv, options);
     io.run();
     if (const auto lost = server.records_not_written(); lost != 0) {
-      std::cerr << "heartbeat-server: stopped; " << lost << " connection end(s) could not be "
-                << "written to " << vm["db"].as<std::string>() << " (see the store's messages above)"
-                << std::endl;
+      deadpeer::log_line(deadpeer::log_level::error)
+          << "heartbeat-server: stopped; " << lost << " connection end(s) could not be "
+          << "written to " << vm["db"].as<std::string>() << " (see the store's messages above)";
       return 1;
     }
-    std::cout << "heartbeat-server stopped" << std::endl;
+    deadpeer::log_line(deadpeer::log_level::info, 1) << "heartbeat-server stopped";
     return 0;
   } catch (const usage_error& e) {
     std::cerr << "heartbeat-server: " << e.what() << "\n";

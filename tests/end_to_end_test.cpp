@@ -458,6 +458,15 @@ TEST_CASE("end to end: heartbeat-server --log appends there and SIGHUP reopens i
     return false;
   };
   CHECK(wait_in(log, "listening on"));
+  // Each line starts with a UTC timestamp to the millisecond and a level.
+  const auto first = read(log).substr(0, read(log).find('\n'));
+  INFO(first);
+  REQUIRE(first.size() > 25);
+  CHECK(first[4] == '-');
+  CHECK(first[10] == 'T');
+  CHECK(first[19] == '.');
+  CHECK(first.substr(23, 2) == "Z ");
+  CHECK_THAT(first, Catch::Contains("Z info heartbeat-server listening on 127.0.0.1:"));
   fs::rename(log, dir / "server.log.1");  // what logrotate does
   server.signal(SIGHUP);
   CHECK(wait_in(log, "SIGHUP: reloaded; nothing changed"));  // a new file, written again

@@ -18,6 +18,7 @@
 // bounded however many clients poll how often. A waiting request also watches its socket
 // and gives up when the client goes away (EOF or error), as nginx does.
 #include <deadpeer/control_api.hpp>
+#include <deadpeer/log.hpp>
 
 #include "constant_time.hpp"
 
@@ -84,10 +85,10 @@ void log_exception(std::string_view what, const std::exception_ptr& e) {
   try {
     std::rethrow_exception(e);
   } catch (const std::exception& x) {
-    std::cerr << "deadpeer control_api: " << what << ": unexpected exception: " << x.what()
-              << std::endl;
+    log_line(log_level::error) << "deadpeer control_api: " << what
+                               << ": unexpected exception: " << x.what();
   } catch (...) {
-    std::cerr << "deadpeer control_api: " << what << ": unexpected exception" << std::endl;
+    log_line(log_level::error) << "deadpeer control_api: " << what << ": unexpected exception";
   }
 }
 
@@ -135,9 +136,9 @@ std::optional<route> route_for(std::string_view path) {
 }
 
 struct route_query {
-  std::uint64_t since = 0;                   ///< /events, /arrivals
-  std::uint64_t wait_ms = 0;                 ///< /events
-  std::optional<std::uint64_t> session_id;   ///< /arrivals: one connection's times
+  std::uint64_t since = 0;                  ///< /events, /arrivals
+  std::uint64_t wait_ms = 0;                ///< /events
+  std::optional<std::uint64_t> session_id;  ///< /arrivals: one connection's times
 };
 
 // Parses the query of a known route; returns the 400 message on error.
@@ -253,7 +254,9 @@ std::optional<std::pair<http::status, std::string>> refusal(const request& req,
 struct control_api::impl : std::enable_shared_from_this<impl> {
   impl(asio::any_io_executor executor, const tcp::endpoint& listen, control_source& source,
        control_access access)
-      : strand_(asio::make_strand(executor)), acceptor_(strand_), source_(&source),
+      : strand_(asio::make_strand(executor)),
+        acceptor_(strand_),
+        source_(&source),
         access_(std::move(access)) {
     beast::error_code ec;
     auto fail = [&](const char* what) {
@@ -338,7 +341,7 @@ struct control_api::impl : std::enable_shared_from_this<impl> {
       if (ec) {
         // Out of descriptors and the like: say so and retry a little later, not in a spin.
         if (ec != asio::error::connection_aborted)
-          std::cerr << "deadpeer control_api: accept: " << ec.message() << std::endl;
+          log_line(log_level::warning) << "deadpeer control_api: accept: " << ec.message();
         backoff.expires_after(std::chrono::milliseconds(100));
         co_await backoff.async_wait(use_tuple);
         continue;
@@ -461,16 +464,17 @@ struct control_api::impl : std::enable_shared_from_this<impl> {
                 return s.arrival_times_json(*q.session_id, q.since, max_arrival_times);
               })) {
             if (!*times)
-              co_return make_error(http::status::not_found,
-                                   "no recorded live connection has session_id " +
-                                       std::to_string(*q.session_id),
-                                   version, keep_alive);
+              co_return make_error(
+                  http::status::not_found,
+                  "no recorded live connection has session_id " + std::to_string(*q.session_id),
+                  version, keep_alive);
             body = std::move(**times);
           }
           break;
       }
     } catch (const std::exception& e) {
-      std::cerr << "deadpeer control_api: " << path << ": source failed: " << e.what() << std::endl;
+      log_line(log_level::error) << "deadpeer control_api: " << path
+                                 << ": source failed: " << e.what();
       co_return make_error(http::status::internal_server_error,
                            std::string("source failed: ") + e.what(), version, keep_alive);
     }

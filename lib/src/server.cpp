@@ -4,8 +4,9 @@
 // registry's invariant: a client id maps to the connection that was admitted last with
 // it, for as long as that connection lives; `admitted` and `per_ip` count exactly the
 // admitted connections that have not been released.
-#include <deadpeer/json_text.hpp>
 #include <deadpeer/endpoint.hpp>
+#include <deadpeer/json_text.hpp>
+#include <deadpeer/log.hpp>
 #include <deadpeer/server.hpp>
 
 #include <deadpeer/clock.hpp>
@@ -48,10 +49,10 @@ namespace {
 namespace asio = boost::asio;
 namespace json = boost::json;
 using tcp = asio::ip::tcp;
-using std::chrono::milliseconds;
-using std::chrono::steady_clock;
 using detail::connection_ref;
 using detail::server_loop;
+using std::chrono::milliseconds;
+using std::chrono::steady_clock;
 
 double ms(std::int64_t ns) {
   return static_cast<double>(ns) / 1e6;
@@ -65,8 +66,9 @@ bool is_detection(detected_by d) {
 }
 
 constexpr detected_by detection_mechanisms[] = {
-    detected_by::eof,  detected_by::reset,     detected_by::keepalive, detected_by::user_timeout,
-    detected_by::retransmission, detected_by::icmp, detected_by::heartbeat, detected_by::reaper};
+    detected_by::eof,          detected_by::reset,          detected_by::keepalive,
+    detected_by::user_timeout, detected_by::retransmission, detected_by::icmp,
+    detected_by::heartbeat,    detected_by::reaper};
 
 // The cause each mechanism usually reports: the series /metrics writes from the start.
 constexpr std::pair<detected_by, cause> usual_detections[] = {
@@ -79,10 +81,13 @@ constexpr std::pair<detected_by, cause> usual_detections[] = {
     {detected_by::reaper, cause::reaped}};
 
 metrics::histogram detection_latency_template() {
-  return metrics::histogram({0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900});
+  return metrics::histogram(
+      {0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900});
 }
 
-std::string sqlite_version() { return sqlite3_libversion(); }
+std::string sqlite_version() {
+  return sqlite3_libversion();
+}
 
 // A non-blocking listening socket; the loops of one server share the port (SO_REUSEPORT).
 int open_listener(const tcp::endpoint& at, bool reuse_port) {
@@ -118,8 +123,7 @@ constexpr std::size_t descriptor_reserve = 64;
 
 std::size_t descriptor_budget(unsigned loops) {
   rlimit limit{};
-  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY)
-    return 1'000'000;
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return 1'000'000;
   const auto reserve = descriptor_reserve + 4 * static_cast<std::size_t>(loops);
   return limit.rlim_cur > reserve ? static_cast<std::size_t>(limit.rlim_cur) - reserve : 1;
 }
@@ -168,7 +172,9 @@ void validate(const server_options& o) {
   }
 }
 
-struct server::impl : control_source, detail::loop_host, std::enable_shared_from_this<server::impl> {
+struct server::impl : control_source,
+                      detail::loop_host,
+                      std::enable_shared_from_this<server::impl> {
   asio::io_context& io;
   server_options options;
   // What connections are accepted with: the first from the options, one more per reload.
@@ -233,9 +239,9 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
     engine.default_interval = o.default_interval;
     validate(engine);
     s.keepalive = o.keepalive;
-    s.keepalive_spec = o.keepalive ? deadpeer::to_string(to_options(
-                                         resolve(*o.keepalive, read_kernel_defaults())))
-                                   : "system default";
+    s.keepalive_spec =
+        o.keepalive ? deadpeer::to_string(to_options(resolve(*o.keepalive, read_kernel_defaults())))
+                    : "system default";
     s.detector_description =
         o.heartbeat ? make_detector(o.detector, steady_clock::now())->describe() : "off";
     return s;
@@ -278,7 +284,7 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
         try {
           l->run();
         } catch (const std::exception& e) {
-          std::cerr << "deadpeer server: event loop failed: " << e.what() << std::endl;
+          log_line(log_level::error) << "deadpeer server: event loop failed: " << e.what();
         }
         --loops_running;
       });
@@ -320,7 +326,8 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
     if (stopping) return wire::error{wire::error_code::server_full, "server is shutting down"};
     {
       std::lock_guard lock(registry_mutex);  // the token and the limits may be reloaded
-      if (!options.auth_token.empty() && !detail::same_secret(hello.auth_token, options.auth_token)) {
+      if (!options.auth_token.empty() &&
+          !detail::same_secret(hello.auth_token, options.auth_token)) {
         count("rejected:auth_failed");
         return wire::error{wire::error_code::auth_failed, "wrong or missing auth token"};
       }
@@ -387,7 +394,7 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
       try {
         options.on_end(end);
       } catch (const std::exception& e) {
-        std::cerr << "deadpeer server: on_end callback failed: " << e.what() << std::endl;
+        log_line(log_level::error) << "deadpeer server: on_end callback failed: " << e.what();
       }
     }
     json::object e;
@@ -449,7 +456,8 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
     changed("detector (new connections)", now.detector_description, made.detector_description);
     changed("heartbeat interval range (new connections)",
             format_duration(e.min_interval) + ".." + format_duration(e.max_interval),
-            format_duration(made.engine.min_interval) + ".." + format_duration(made.engine.max_interval));
+            format_duration(made.engine.min_interval) + ".." +
+                format_duration(made.engine.max_interval));
     changed("default interval (new connections)", format_duration(e.default_interval),
             format_duration(made.engine.default_interval));
     changed("handshake timeout (new connections)", format_duration(e.handshake_timeout),
@@ -466,9 +474,9 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
       options.max_per_ip = next.max_per_ip;
       options.auth_token = next.auth_token;
     }
-    const bool new_connections_change =
-        std::any_of(said.begin(), said.end(),
-                    [](const std::string& s) { return s.find("(new connections)") != std::string::npos; });
+    const bool new_connections_change = std::any_of(
+        said.begin(), said.end(),
+        [](const std::string& s) { return s.find("(new connections)") != std::string::npos; });
     if (new_connections_change) {
       generations.push_back(std::move(made));
       const auto* latest = &generations.back();
@@ -622,12 +630,11 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
     };
     metrics::write_header(out, "deadpeer_build_info", "gauge",
                           "Always 1; the labels say what is running.");
-    metrics::write_sample(out, "deadpeer_build_info",
-                          label("version", DEADPEER_VERSION) + "," +
-                              label("commit", DEADPEER_GIT_COMMIT) + "," +
-                              label("boost", BOOST_LIB_VERSION) + "," +
-                              label("sqlite", sqlite_version()),
-                          1);
+    metrics::write_sample(
+        out, "deadpeer_build_info",
+        label("version", DEADPEER_VERSION) + "," + label("commit", DEADPEER_GIT_COMMIT) + "," +
+            label("boost", BOOST_LIB_VERSION) + "," + label("sqlite", sqlite_version()),
+        1);
     gauge("deadpeer_live_connections",
           "Connections currently held, handshaking, established or closing.",
           static_cast<double>(held.load()));
@@ -672,15 +679,18 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
         metrics::write_sample(out, "deadpeer_agreed_ends_total", label("cause", c),
                               static_cast<double>(n));
       for (const auto& [family, prefix, help, known] :
-           {std::tuple{"deadpeer_reaped_total", "reaped:", "Connections ended by the reaper, by reason.",
+           {std::tuple{"deadpeer_reaped_total",
+                       "reaped:", "Connections ended by the reaper, by reason.",
                        std::vector<std::string_view>{"close_wait", "half_closed", "handshake"}},
-            std::tuple{"deadpeer_rejected_total", "rejected:", "Connections refused, by reason.",
-                       std::vector<std::string_view>{"auth_failed", "server_full", "per_ip_limit"}}}) {
+            std::tuple{
+                "deadpeer_rejected_total", "rejected:", "Connections refused, by reason.",
+                std::vector<std::string_view>{"auth_failed", "server_full", "per_ip_limit"}}}) {
         std::map<std::string, std::uint64_t> by_reason;
         for (const auto reason : known)
           by_reason[std::string(reason)] = 0;
         for (const auto& [name, n] : counters)
-          if (name.starts_with(prefix)) by_reason[name.substr(std::string_view(prefix).size())] += n;
+          if (name.starts_with(prefix))
+            by_reason[name.substr(std::string_view(prefix).size())] += n;
         metrics::write_header(out, family, "counter", help);
         for (const auto& [reason, n] : by_reason)
           metrics::write_sample(out, family, label("reason", reason), static_cast<double>(n));
@@ -694,7 +704,8 @@ struct server::impl : control_source, detail::loop_host, std::enable_shared_from
     metrics::histogram merged = rtt.empty() ? server_loop_rtt_template() : rtt.front();
     for (std::size_t i = 1; i < rtt.size(); ++i)
       merged.merge(rtt[i]);
-    merged.write(out, "deadpeer_heartbeat_rtt_seconds", "Heartbeat round-trip times (PING to PONG).");
+    merged.write(out, "deadpeer_heartbeat_rtt_seconds",
+                 "Heartbeat round-trip times (PING to PONG).");
     if (store) {
       gauge("deadpeer_store_queue_depth", "Connection ends waiting to be written to the database.",
             static_cast<double>(store->queued()));
@@ -782,7 +793,8 @@ void server::stop(std::function<void()> done) {
   asio::post(self->io, [self, done = std::move(done)]() mutable {
     self->stopping = true;
     // Every loop sends BYE going_away and closes gracefully, within a bounded time.
-    const auto grace = std::max(self->options.close_drain_time, milliseconds(100)) + milliseconds(500);
+    const auto grace =
+        std::max(self->options.close_drain_time, milliseconds(100)) + milliseconds(500);
     for (auto& loop : self->loops)
       loop->post([grace](server_loop& l) { l.begin_stop(grace); });
     asio::co_spawn(
@@ -802,7 +814,7 @@ void server::stop(std::function<void()> done) {
             try {
               std::rethrow_exception(e);
             } catch (const std::exception& x) {
-              std::cerr << "deadpeer server: stop: " << x.what() << std::endl;
+              log_line(log_level::warning) << "deadpeer server: stop: " << x.what();
             }
           }
           if (done) done();

@@ -6,15 +6,16 @@
 // end_on_eof off), plus EPOLLOUT while bytes are unsent.
 #include "server_loop.hpp"
 
-#include <deadpeer/endpoint.hpp>
 #include <deadpeer/clock.hpp>
+#include <deadpeer/endpoint.hpp>
+#include <deadpeer/log.hpp>
 #include <deadpeer/tcp_info.hpp>
 
 #include <boost/json.hpp>
 
 #include <algorithm>
-#include <cmath>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <iostream>
 
@@ -151,8 +152,8 @@ server_loop::server_loop(loop_host& host, const loop_settings& settings, std::ui
       observer_(std::make_unique<observer>(*this)),
       current_(settings.first),
       generations_{settings.first},
-      rtt_histogram_({0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                      0.5, 1}) {
+      rtt_histogram_(
+          {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}) {
   epoll_ = ::epoll_create1(EPOLL_CLOEXEC);
   wake_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   reserve_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -225,7 +226,8 @@ void server_loop::run_tasks() {
     try {
       task(*this);
     } catch (const std::exception& e) {
-      std::cerr << "deadpeer server: loop " << index_ << ": task failed: " << e.what() << std::endl;
+      log_line(log_level::error) << "deadpeer server: loop " << index_
+                                 << ": task failed: " << e.what();
     }
   }
 }
@@ -254,8 +256,8 @@ void server_loop::run() {
     const int n = ::epoll_pwait2(epoll_, events.data(), static_cast<int>(events.size()),
                                  timeout_ptr, nullptr);
     if (n < 0 && errno != EINTR) {
-      std::cerr << "deadpeer server: loop " << index_ << ": epoll_wait: " << std::strerror(errno)
-                << std::endl;
+      log_line(log_level::error) << "deadpeer server: loop " << index_
+                                 << ": epoll_wait: " << std::strerror(errno);
       break;
     }
     for (int i = 0; i < n; ++i) {
@@ -264,7 +266,8 @@ void server_loop::run() {
         try {
           accept_ready();
         } catch (const std::exception& x) {
-          std::cerr << "deadpeer server: loop " << index_ << ": accept: " << x.what() << std::endl;
+          log_line(log_level::warning)
+              << "deadpeer server: loop " << index_ << ": accept: " << x.what();
         }
         continue;
       }
@@ -284,8 +287,7 @@ void server_loop::run() {
       });
     }
     now = monotonic_ns();
-    wheel_.expire(now,
-                  [this](std::uint32_t slot) { guarded(slot, [&] { on_deadline(slot); }); });
+    wheel_.expire(now, [this](std::uint32_t slot) { guarded(slot, [&] { on_deadline(slot); }); });
   }
   std::lock_guard lock(tasks_mutex_);
   finished_ = true;
@@ -299,7 +301,7 @@ void server_loop::guarded(std::uint32_t slot, F&& handle) {
   try {
     handle();
   } catch (const std::exception& e) {
-    std::cerr << "deadpeer server: loop " << index_ << ": " << e.what() << std::endl;
+    log_line(log_level::warning) << "deadpeer server: loop " << index_ << ": " << e.what();
     auto& c = at(slot);
     if (c.state == phase::free) return;
     out_.clear();
@@ -332,7 +334,7 @@ void server_loop::accept_ready() {
     if (fd < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;
       if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
-      std::cerr << "deadpeer server: accept: " << std::strerror(errno) << std::endl;
+      log_line(log_level::warning) << "deadpeer server: accept: " << std::strerror(errno);
       return;
     }
     host_.count("accepted");
@@ -362,10 +364,9 @@ void server_loop::accept_ready() {
       keepalive_known_ = true;
     }
     const auto now = steady_clock::now();
-    c.engine.emplace(current_->engine, now, host_.next_session_id(),
-                     static_cast<std::uint32_t>(fd) * 2654435761u ^
-                         static_cast<std::uint32_t>(ns(now)),
-                     out_);
+    c.engine.emplace(
+        current_->engine, now, host_.next_session_id(),
+        static_cast<std::uint32_t>(fd) * 2654435761u ^ static_cast<std::uint32_t>(ns(now)), out_);
     epoll_event event{};
     event.events = EPOLLIN;
     event.data.u64 = tag(slot);
@@ -388,8 +389,8 @@ void server_loop::accept_ready() {
 // does not turn into an RST that could destroy the ERROR.
 void server_loop::refuse_now(int fd, std::string_view text) {
   host_.count("rejected:server_full");
-  static const std::vector<std::byte> full = wire::encode(
-      wire::error{wire::error_code::server_full, "connection limit reached"});
+  static const std::vector<std::byte> full =
+      wire::encode(wire::error{wire::error_code::server_full, "connection limit reached"});
   (void)text;
   [[maybe_unused]] const auto got = ::recv(fd, read_buffer_.data(), read_buffer_.size(), 0);
   [[maybe_unused]] const auto sent = ::send(fd, full.data(), full.size(), MSG_NOSIGNAL);
@@ -398,9 +399,9 @@ void server_loop::refuse_now(int fd, std::string_view text) {
   ++refused_since_log_;
   const auto now = monotonic_ns();
   if (now - last_limit_log_ns_ >= limit_log_period_ns) {
-    std::cerr << "deadpeer server: " << text << " (" << settings_.held->load() << " held, budget "
-              << settings_.descriptor_budget << "); refused " << refused_since_log_
-              << " newcomer(s) with ERROR server_full" << std::endl;
+    log_line(log_level::warning) << "deadpeer server: " << text << " (" << settings_.held->load()
+                                 << " held, budget " << settings_.descriptor_budget << "); refused "
+                                 << refused_since_log_ << " newcomer(s) with ERROR server_full";
     last_limit_log_ns_ = now;
     refused_since_log_ = 0;
   }
@@ -605,8 +606,8 @@ bool server_loop::write_unsent(connection& c) {
 void server_loop::watch(connection& c, std::uint32_t slot) {
   const bool want_write = static_cast<bool>(c.unsent);
   epoll_event event{};
-  event.events = (c.reading || c.state == phase::draining ? EPOLLIN : 0u) |
-                 (want_write ? EPOLLOUT : 0u);
+  event.events =
+      (c.reading || c.state == phase::draining ? EPOLLIN : 0u) | (want_write ? EPOLLOUT : 0u);
   event.data.u64 = tag(slot);
   ::epoll_ctl(epoll_, EPOLL_CTL_MOD, c.fd, &event);
   c.want_write = want_write;
@@ -712,9 +713,8 @@ void server_loop::finish(std::uint32_t slot) {
   r.close_mode = end.graceful ? "graceful" : end.abortive ? "abortive" : "plain";
   r.rtt = {c.rtt_samples, c.rtt_min_ms,
            c.rtt_samples ? c.rtt_sum_ms / static_cast<double>(c.rtt_samples) : 0.0, c.rtt_max_ms};
-  const auto own = std::find_if(generations_.begin(), generations_.end(), [&](const auto* g) {
-    return &g->engine == &c.engine->config();
-  });
+  const auto own = std::find_if(generations_.begin(), generations_.end(),
+                                [&](const auto* g) { return &g->engine == &c.engine->config(); });
   const auto& made_with = own != generations_.end() ? **own : *current_;
   r.keepalive = made_with.keepalive_spec;
   r.heartbeat_interval_ms = settings_.options->heartbeat ? c.engine->interval().count() : 0;
@@ -731,10 +731,8 @@ void server_loop::finish(std::uint32_t slot) {
       recordings_.erase(it);
     }
   }
-  const connection_end ended{.end = end,
-                             .client_id = c.client_id,
-                             .peer = c.peer,
-                             .session_id = r.session_id};
+  const connection_end ended{
+      .end = end, .client_id = c.client_id, .peer = c.peer, .session_id = r.session_id};
 
   // Free the slot before reporting, so nothing reported can reach it again.
   c.engine.reset();
@@ -750,7 +748,7 @@ void server_loop::finish(std::uint32_t slot) {
   try {
     host_.ended(std::move(r), ended);
   } catch (const std::exception& e) {
-    std::cerr << "deadpeer server: recording an end failed: " << e.what() << std::endl;
+    log_line(log_level::error) << "deadpeer server: recording an end failed: " << e.what();
   }
 }
 

@@ -8,6 +8,7 @@
 // timeout, keep one read in flight. The timer is only ever moved earlier: when the
 // engine's next timeout moves later (every frame sent or heard), the wait fires early,
 // re-checks and re-arms, which is cheaper than cancelling a wait on every frame.
+#include <deadpeer/log.hpp>
 #include <deadpeer/session.hpp>
 
 #include <deadpeer/clock.hpp>
@@ -41,7 +42,7 @@ steady_clock::time_point from_monotonic_ns(std::int64_t ns) {
 }
 
 void log_unexpected(const char* what) {
-  std::cerr << "deadpeer session: unexpected exception: " << what << std::endl;
+  log_line(log_level::error) << "deadpeer session: unexpected exception: " << what;
 }
 
 }  // namespace

@@ -45,6 +45,7 @@
 // dropped; when a full file rolls back the whole batch, which is what SQLite usually does on
 // SQLITE_FULL, the batch is retried without any of its traces. Each dropped trace is
 // counted, said on stderr and in last_error().
+#include <deadpeer/log.hpp>
 #include <deadpeer/store.hpp>
 
 #include <sqlite3.h>
@@ -184,7 +185,6 @@ ALTER TABLE trials_v2 RENAME TO trials;
 CREATE INDEX trials_run_id ON trials(run_id);
 CREATE INDEX trials_config_key_fault ON trials(config_key, fault);
 )sql";
-
 
 // Version 3: faults that measure something other than a detection store it too. A trial
 // in which a live peer was never declared dead (lossy, stall) is 'survived'; one that
@@ -356,7 +356,8 @@ int bind(sqlite3_stmt* s, const trial_record& r) {
   binder b(s);
   b(r.run_id)(r.trial)(r.fault)(r.config_key)(r.keepalive)(r.heartbeat_interval_ms)(r.detector)(
       r.user_timeout_ms)(r.bound_ms)(r.fault_mono_ns)(r.detected_mono_ns)(r.latency_ms)(
-      r.latency_ms_exact)(r.detected_by)(r.cause)(r.error_number)(r.error_name)(r.outcome)(r.note)(r.wire_mono_ns)(r.wire_segment)(r.details.empty() ? no_details : r.details);
+      r.latency_ms_exact)(r.detected_by)(r.cause)(r.error_number)(r.error_name)(r.outcome)(r.note)(
+      r.wire_mono_ns)(r.wire_segment)(r.details.empty() ? no_details : r.details);
   return b.result();
 }
 
@@ -679,12 +680,12 @@ struct event_store::impl {
           result = write_batch(batch);
         }
         for (const auto& r : result.rejected)
-          std::cerr << "deadpeer store: " << opts.path << ": rejected " << r << std::endl;
+          log_line(log_level::warning) << "deadpeer store: " << opts.path << ": rejected " << r;
         // A batch that failed is retried whole: nothing of it was dropped yet.
         if (!result.committed) result.dropped_arrivals.clear();
         for (const auto& r : result.dropped_arrivals)
-          std::cerr << "deadpeer store: " << opts.path << ": dropped the " << r
-                    << " (the connection row is kept)" << std::endl;
+          log_line(log_level::warning) << "deadpeer store: " << opts.path << ": dropped the " << r
+                                       << " (the connection row is kept)";
         lock.lock();
 
         if (!result.rejected.empty() && !first_error) first_error = result.rejected.front();
@@ -697,8 +698,8 @@ struct event_store::impl {
         if (result.committed) {
           if (failing_now) {
             // Said once when it ends, as when it started: an operator sees both in the log.
-            std::cerr << "deadpeer store: " << opts.path << ": writing again after "
-                      << streak_attempts << " failed attempt(s); nothing was lost" << std::endl;
+            log_line(log_level::info) << "deadpeer store: " << opts.path << ": writing again after "
+                                      << streak_attempts << " failed attempt(s); nothing was lost";
             failing_now.reset();
             streak_attempts = 0;
           }
@@ -713,24 +714,24 @@ struct event_store::impl {
         ++streak_attempts;
         if (!first_error) first_error = result.error;
         if (!failing_now) {
-          std::cerr << "deadpeer store: " << opts.path << ": cannot write (" << result.error
-                    << "); " << batch.size() + queue.size()
-                    << " record(s) kept in memory and retried until it can" << std::endl;
+          log_line(log_level::warning) << "deadpeer store: " << opts.path << ": cannot write ("
+                                       << result.error << "); " << batch.size() + queue.size()
+                                       << " record(s) kept in memory and retried until it can";
           failing_now = result.error;
         }
         if (result.full) {
           // The file is full: the rows go first; their traces would only keep them out.
           if (const std::size_t n = drop_arrivals(batch))
-            std::cerr << "deadpeer store: " << opts.path << ": the file is full; retrying "
-                      << batch.size() << " records without their " << n << " arrival trace(s)"
-                      << std::endl;
+            log_line(log_level::warning)
+                << "deadpeer store: " << opts.path << ": the file is full; retrying "
+                << batch.size() << " records without their " << n << " arrival trace(s)";
         }
         progress.notify_all();
         if (stopping && ++shutdown_failures >= shutdown_attempts) {
           const std::size_t n = batch.size() + queue.size();
-          std::cerr << "deadpeer store: " << opts.path
-                    << ": giving up at shutdown; records not written: " << n << " (" << result.error
-                    << ")" << std::endl;
+          log_line(log_level::error) << "deadpeer store: " << opts.path
+                                     << ": giving up at shutdown; records not written: " << n
+                                     << " (" << result.error << ")";
           queue.clear();
           batch.clear();
           give_up(n);
@@ -750,8 +751,9 @@ struct event_store::impl {
       }
       lock.lock();
       const std::size_t n = batch.size() + queue.size();
-      std::cerr << "deadpeer store: " << opts.path << ": writer stopped; records not written: " << n
-                << " (" << x.what() << ")" << std::endl;
+      log_line(log_level::error) << "deadpeer store: " << opts.path
+                                 << ": writer stopped; records not written: " << n << " ("
+                                 << x.what() << ")";
       if (!first_error) first_error = std::string("writer stopped: ") + x.what();
       queue.clear();
       give_up(n);
@@ -814,7 +816,8 @@ void validate(const trial_record& r) {
       r.outcome != "interrupted" && r.outcome != "survived" && r.outcome != "observed")
     throw std::invalid_argument(
         "trial outcome must be detected, missed, premature, interrupted, survived or observed, "
-        "not \"" + r.outcome + "\"");
+        "not \"" +
+        r.outcome + "\"");
   if (!r.details.empty() && r.details.front() != '{')
     throw std::invalid_argument("trial details must be a JSON object, not \"" + r.details + "\"");
   if (r.run_id <= 0)
