@@ -704,7 +704,9 @@ struct engine::impl {
         if (c.ping_sent_ns == 0) schedule_ping(index);
       }
     } else if (const auto* answer = std::get_if<wire::pong>(f)) {
-      if (answer->sequence < c.next_sequence)
+      // The timestamp is the server's bytes: only one from our own clock's past is an RTT.
+      if (answer->sequence < c.next_sequence && now >= 0 &&
+          answer->timestamp_ns <= static_cast<std::uint64_t>(now))
         pong_arrived(index, now - static_cast<std::int64_t>(answer->timestamp_ns), now);
     } else if (!std::holds_alternative<wire::data>(*f)) {
       lost(index, "unexpected " + std::string(wire::to_string(wire::type_of(*f))), false, now);

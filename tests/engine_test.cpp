@@ -635,3 +635,19 @@ TEST_CASE("engine: a slow frame completed in time resets the bound for the next 
   CHECK(s.engine.buffered() == 0);
   CHECK_FALSE(s.engine.ended());
 }
+
+TEST_CASE("engine: a PONG's timestamp is the peer's bytes: none overflows the RTT or is taken") {
+  established_server s;
+  s.engine.on_timeout(s.engine.next_timeout(), s.out);  // our PING, sequence 1
+  const auto now = s.engine.next_timeout() - 1ms;
+  for (const std::uint64_t bogus : {std::uint64_t{1} << 63, (std::uint64_t{1} << 63) + 318'935'400'800u,
+                                    ~std::uint64_t{0},
+                                    static_cast<std::uint64_t>(to_monotonic_ns(now)) + 1}) {
+    s.feed(wire::pong{.sequence = 1, .timestamp_ns = bogus}, now);
+    CHECK(s.events.rtts.empty());
+  }
+  s.feed(wire::pong{.sequence = 1, .timestamp_ns = static_cast<std::uint64_t>(to_monotonic_ns(now - 2ms))},
+         now);
+  REQUIRE(s.events.rtts.size() == 1);
+  CHECK(s.events.rtts[0] == 2ms);
+}

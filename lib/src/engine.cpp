@@ -397,9 +397,12 @@ void protocol_engine::handle(wire::frame& frame, time_point now, engine_output& 
     emit(wire::pong{.sequence = ping->sequence, .timestamp_ns = ping->timestamp_ns}, now,
          out.urgent);
   } else if (const auto* pong = std::get_if<wire::pong>(&frame)) {
-    // Only our own PINGs carry our clock; anything else is ignored, not trusted.
-    const auto rtt = to_monotonic_ns(now) - static_cast<std::int64_t>(pong->timestamp_ns);
-    if (pong->sequence < next_sequence_ && rtt >= 0) {
+    // Only our own PINGs carry our clock; anything else is ignored, not trusted. The
+    // timestamp is the peer's bytes: compared unsigned, so that no value can overflow the
+    // subtraction (found by fuzz_engine: a timestamp near 2^63).
+    const auto now_ns = static_cast<std::uint64_t>(std::max<std::int64_t>(to_monotonic_ns(now), 0));
+    if (pong->sequence < next_sequence_ && pong->timestamp_ns <= now_ns) {
+      const auto rtt = static_cast<std::int64_t>(now_ns - pong->timestamp_ns);
       last_rtt_ns_ = rtt;
       observer.on_rtt(nanoseconds(rtt));
     }
