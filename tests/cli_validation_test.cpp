@@ -285,3 +285,20 @@ TEST_CASE("heartbeat-server warns loudly when its control API is reachable witho
     CHECK(p.wait(10s).has_value());
   }
 }
+
+TEST_CASE("heartbeat-server starts from the shipped example configuration") {
+  // The example as an operator would start from it, its addresses and database overridden
+  // on the command line (flags win over the file).
+  std::vector<std::string> argv{"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DEADPEER_SERVER_BINARY,
+                                "--config", DEADPEER_SOURCE_DIR "/heartbeat-server/example.conf",
+                                "--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--db", "off"};
+  probe::child_process p(argv);
+  const auto started = p.wait_for_line("event loop(s)", 10s);
+  INFO(p.output());
+  REQUIRE(started);
+  p.signal(SIGTERM);
+  const auto status = p.wait(10s);
+  REQUIRE(status.has_value());
+  CHECK(WIFEXITED(*status));
+  CHECK(WEXITSTATUS(*status) == 0);
+}
