@@ -942,3 +942,40 @@ TEST_CASE("kill -9 during writes leaves a consistent file with the committed row
   WARN("killed the writer after " << seen << " committed rows were seen; " << after - 1
                                   << " survived");
 }
+
+TEST_CASE("trial_summary answers the common question in one line of SQL") {
+  temp_dir dir;
+  const auto path = dir.file("deadpeer.db");
+  {
+    event_store store(options_for(path));
+    const auto run_id = store.begin_run(make_run());
+    // 20 detected trials at 3001..3020 ms (bound 4000; the last two over a bound of 3018),
+    // one missed, and another configuration with a single trial.
+    for (int i = 1; i <= 20; ++i) {
+      auto t = make_trial(run_id, i);
+      t.latency_ms_exact = 3000.0 + i;
+      t.latency_ms = 3000 + i;
+      if (i >= 19) t.bound_ms = 3018;
+      store.record(std::move(t));
+    }
+    auto missed = make_trial(run_id, 21);
+    missed.outcome = "missed";
+    missed.latency_ms = -1;
+    missed.latency_ms_exact = -1;
+    missed.detected_mono_ns = 0;
+    store.record(std::move(missed));
+    auto other = make_trial(run_id, 1);
+    other.config_key = "ka=2s:1s:3 hb=off";
+    other.latency_ms_exact = 5000.5;
+    store.record(std::move(other));
+    store.flush();
+  }
+  raw_db db(path);
+  // Nearest rank, as probe report: n = 20 gives p50 = x[10] and p95 = x[19].
+  CHECK(db.rows("SELECT trials, detected, p50_ms, p95_ms, max_ms, bound_ms, failures, over_bound "
+                "FROM trial_summary WHERE config_key = 'ka=1s:1s:3 hb=off'") ==
+        std::vector<std::vector<std::string>>{
+            {"21", "20", "3010.0", "3019.0", "3020.0", "4000", "1", "2"}});
+  CHECK(db.rows("SELECT trials, p50_ms, p95_ms FROM trial_summary WHERE config_key = 'ka=2s:1s:3 hb=off'") ==
+        std::vector<std::vector<std::string>>{{"1", "5000.5", "5000.5"}});
+}

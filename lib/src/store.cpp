@@ -249,6 +249,34 @@ CREATE TABLE arrivals (
 CREATE INDEX arrivals_connection_id ON arrivals(connection_id);
 )sql";
 
+// A view, not a table: it holds nothing, so it is created anew on every open for writing,
+// without a schema version of its own, and a file written by an older deadpeer gains it.
+// Percentiles are nearest-rank over the detected trials, as probe report computes them:
+// x[ceil(P/100 * n)] of the n sorted latencies.
+constexpr const char* trial_summary_view = R"sql(
+CREATE VIEW IF NOT EXISTS trial_summary AS
+WITH detected AS (
+  SELECT fault, config_key, latency_ms_exact AS ms,
+         ROW_NUMBER() OVER (PARTITION BY fault, config_key ORDER BY latency_ms_exact) AS rank,
+         COUNT(*) OVER (PARTITION BY fault, config_key) AS n
+  FROM trials WHERE outcome = 'detected'),
+percentiles AS (
+  SELECT fault, config_key,
+         MAX(CASE WHEN rank = (50 * n + 99) / 100 THEN ms END) AS p50_ms,
+         MAX(CASE WHEN rank = (95 * n + 99) / 100 THEN ms END) AS p95_ms,
+         MAX(ms) AS max_ms
+  FROM detected GROUP BY fault, config_key)
+SELECT t.fault, t.config_key, COUNT(*) AS trials,
+       SUM(t.outcome = 'detected') AS detected,
+       p.p50_ms, p.p95_ms, p.max_ms,
+       MAX(t.bound_ms) AS bound_ms,
+       SUM(t.outcome IN ('missed', 'premature')) AS failures,
+       SUM(t.outcome = 'detected' AND t.bound_ms >= 0 AND t.latency_ms_exact > t.bound_ms)
+         AS over_bound
+FROM trials t LEFT JOIN percentiles p ON p.fault = t.fault AND p.config_key = t.config_key
+GROUP BY t.fault, t.config_key;
+)sql";
+
 constexpr const char* insert_arrivals_sql =
     "INSERT INTO arrivals (connection_id, session_id, client_id, peer_address, interval_ms, "
     "first_mono_ns, count, seen, times_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
@@ -512,6 +540,9 @@ struct event_store::impl {
         throw store_error(opts.path + " was written by a newer deadpeer (schema " +
                           std::to_string(version) + ", this build knows " +
                           std::to_string(store_schema_version) + ")");
+      // The view goes first and comes back last: the migrations rebuild the tables it reads,
+      // and a newer deadpeer may define it differently.
+      exec("DROP VIEW IF EXISTS trial_summary", "cannot replace the trial_summary view in");
       if (version == 0) exec(schema_v1, "cannot create the schema in");
       if (version < 2) {
         exec(migrate_v1_to_v2, "cannot upgrade the trials table (schema 2) of");
@@ -525,6 +556,7 @@ struct event_store::impl {
         exec(migrate_v3_to_v4, "cannot add the arrivals table (schema 4) to");
         exec("PRAGMA user_version=4", "cannot set the schema version of");
       }
+      exec(trial_summary_view, "cannot create the trial_summary view in");
       exec("COMMIT", "cannot commit the schema of");
     } catch (...) {
       sqlite3_exec(db.get(), "ROLLBACK", nullptr, nullptr, nullptr);
