@@ -523,7 +523,8 @@ int main(int argc, char** argv) {
       deadpeer::log_line banner(deadpeer::log_level::info, 1);
       banner << "heartbeat-server listening on " << server.local_endpoint();
       if (const auto control = server.control_endpoint())
-        banner << ", control API on http://" << *control;
+        banner << ", control API on http://" << *control << " (live view: http://" << *control
+               << "/)";
     }
     deadpeer::log_line(deadpeer::log_level::info, 1)
         << "heartbeat-server: " << server.threads() << " event loop(s)";

@@ -508,3 +508,51 @@ TEST_CASE("end to end: probe connect takes the auth token from a file or the env
   std::error_code ignored;
   fs::remove_all(dir, ignored);
 }
+
+namespace {
+
+// The page at http://127.0.0.1:PORT/ as headless Chromium renders it after its script has
+// run for a few seconds of virtual time (the DOM, serialised). Flags keep Chromium off the
+// network (no background services, no QUIC) and in a profile of its own.
+std::string rendered_page(unsigned short control_port, const fs::path& profile) {
+  child_process browser({"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>/dev/null", "/usr/bin/chromium",
+                         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                         "--no-first-run", "--disable-background-networking",
+                         "--disable-component-update", "--disable-sync",
+                         "--user-data-dir=" + profile.string(), "--virtual-time-budget=3000",
+                         "--dump-dom", "http://127.0.0.1:" + std::to_string(control_port) + "/"});
+  while (browser.read_line(60s)) {
+  }
+  const auto status = browser.wait(10s);
+  REQUIRE(status.has_value());
+  return browser.output();
+}
+
+}  // namespace
+
+TEST_CASE("end to end: the live view in a real browser shows a client, then its end") {
+  if (!fs::exists("/usr/bin/chromium")) {
+    WARN("SKIPPED: Chromium is not installed (Debian package chromium; scripts/setup --test installs it)");
+    return;
+  }
+  running_server server;
+  const auto profile = server.dir / "chromium-profile";
+  auto phone = client(server.port, "phone-42");
+  auto page = rendered_page(server.control_port, profile);
+  INFO(page);
+  CHECK_THAT(page, Catch::Contains("live · updated"));  // the script ran and reached the API
+  CHECK_THAT(page, Catch::Contains("data-client=\"phone-42\""));
+  CHECK_THAT(page, Catch::Contains("established"));
+
+  std::uint64_t since = 0;
+  phone->signal(SIGKILL);
+  const auto end = server.next_event(since);
+  REQUIRE(str(end.at("client_id")) == "phone-42");
+  page = rendered_page(server.control_port, profile);
+  INFO(page);
+  CHECK_THAT(page, Catch::Contains("data-ended=\"phone-42\""));
+  CHECK_THAT(page, Catch::Contains(str(end.at("cause"))));
+  CHECK_THAT(page, !Catch::Contains("data-client=\"phone-42\""));  // no longer live
+  // The detection is in the latency histogram, under the mechanism that noticed.
+  CHECK_THAT(page, Catch::Contains(str(end.at("detected_by")) + " ≤"));
+}

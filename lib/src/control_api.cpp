@@ -21,6 +21,7 @@
 #include <deadpeer/log.hpp>
 
 #include "constant_time.hpp"
+#include "dashboard_page.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -76,6 +77,11 @@ constexpr std::size_t max_events = 1000;
 constexpr std::size_t max_arrival_times = 10000;  // per GET /arrivals?session_id= response
 constexpr std::string_view json_type = "application/json";
 constexpr std::string_view metrics_type = "text/plain; version=0.0.4; charset=utf-8";
+constexpr std::string_view html_type = "text/html; charset=utf-8";
+// The page may run its own inline script and style and talk to this API, nothing else.
+constexpr std::string_view page_policy =
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 using request = http::request<http::string_body>;
 using response = http::response<http::string_body>;
@@ -124,9 +130,10 @@ response make_error(http::status status, std::string_view message, unsigned vers
   return make_response(status, json_type, error_json(message), version, keep_alive);
 }
 
-enum class route { status, connections, metrics, events, arrivals };
+enum class route { page, status, connections, metrics, events, arrivals };
 
 std::optional<route> route_for(std::string_view path) {
+  if (path == "/") return route::page;
   if (path == "/status") return route::status;
   if (path == "/connections") return route::connections;
   if (path == "/metrics") return route::metrics;
@@ -225,8 +232,11 @@ struct poll_waiter {
 };
 
 // Why a request may not be answered (403 or 401), or nullopt.
+// The page (GET /) holds no data, so it needs no token: its script sends the one in the
+// address's fragment with every request.
 std::optional<std::pair<http::status, std::string>> refusal(const request& req,
-                                                            const control_access& access) {
+                                                            const control_access& access,
+                                                            bool needs_token) {
   const auto host = req.find(http::field::host);
   if (host == req.end()) {
     // Browsers always send Host; HTTP/1.1 requires it.
@@ -238,7 +248,7 @@ std::optional<std::pair<http::status, std::string>> refusal(const request& req,
                          "\" is not this API's: ask by IP address or localhost, or start the "
                          "server with --control-host NAME to allow that name"};
   }
-  if (access.bearer_token.empty()) return std::nullopt;
+  if (access.bearer_token.empty() || !needs_token) return std::nullopt;
   const auto given = req.find(http::field::authorization);
   constexpr std::string_view scheme = "Bearer ";
   if (given == req.end() || !given->value().starts_with(scheme) ||
@@ -416,7 +426,7 @@ struct control_api::impl : std::enable_shared_from_this<impl> {
     const auto query =
         question == std::string_view::npos ? std::string_view{} : target.substr(question + 1);
 
-    if (auto refused = refusal(req, self->access_)) {
+    if (auto refused = refusal(req, self->access_, path != "/")) {
       auto res = make_error(refused->first, refused->second, version, keep_alive);
       if (refused->first == http::status::unauthorized)
         res.set(http::field::www_authenticate, "Bearer");
@@ -441,6 +451,10 @@ struct control_api::impl : std::enable_shared_from_this<impl> {
     std::string_view type = json_type;
     try {
       switch (*r) {
+        case route::page:
+          body = std::string(detail::dashboard_page);
+          type = html_type;
+          break;
         case route::status:
           body = self->call_source([](control_source& s) { return s.status_json(); });
           break;
@@ -479,7 +493,12 @@ struct control_api::impl : std::enable_shared_from_this<impl> {
                            std::string("source failed: ") + e.what(), version, keep_alive);
     }
     if (!body) co_return std::nullopt;
-    co_return make_response(http::status::ok, type, std::move(*body), version, keep_alive);
+    auto res = make_response(http::status::ok, type, std::move(*body), version, keep_alive);
+    if (*r == route::page) {
+      res.set("Content-Security-Policy", page_policy);
+      res.set(http::field::x_frame_options, "DENY");
+    }
+    co_return res;
   }
 
   // Events after q.since, waiting up to q.wait_ms for the first; nullopt when stopped or

@@ -68,6 +68,7 @@ struct control_access {
 bool host_allowed(std::string_view host_header, const control_access& access);
 
 /// The HTTP listener. Routes:
+///   GET /                         (the live view: one HTML page that polls the routes below)
 ///   GET /status, GET /connections, GET /metrics,
 ///   GET /events?since=ID&wait=MS  (long-poll: returns at once if events exist, else waits
 ///                                  up to MS, at most 60000, for the next one)
