@@ -20,6 +20,7 @@
 
 #include <chrono>
 #include <stdexcept>
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -176,10 +177,13 @@ bool lab_available() {
 }
 
 // One trial of `fault` in the lab; checks what every teardown fault must give and returns
-// the trial's details.
+// the trial's details. `states`: the states the socket passes through, in order; a state
+// in `brief` lasts one round trip on the veth (FIN_WAIT1 until the peer ACKs our FIN, tens
+// of microseconds) and may pass between two of the 1 ms polls, so it may be missing.
 boost::json::object run_one(const std::string& fault, const std::string& cause,
                             const std::string& detected_by,
-                            const std::vector<std::string>& states) {
+                            const std::vector<std::string>& states,
+                            const std::vector<std::string>& brief = {}) {
   deadpeer::test::temp_dir dir;
   probe::experiment_config c;
   c.fault = fault;
@@ -198,7 +202,10 @@ boost::json::object run_one(const std::string& fault, const std::string& cause,
   std::vector<std::string> seen;
   for (const auto& s : details.at("sequence").as_array())
     seen.emplace_back(s.as_object().at("state").as_string());
-  CHECK(seen == states);
+  std::vector<std::string> expected = states;
+  for (const auto& b : brief)
+    if (std::find(seen.begin(), seen.end(), b) == seen.end()) std::erase(expected, b);
+  CHECK(seen == expected);
   const auto bound_ms = details.at("bound_ms").as_int64();
   const auto nominal_ms = details.at("nominal_ms").as_int64();
   CHECK(r.latency_ms <= static_cast<double>(bound_ms));
@@ -236,7 +243,8 @@ TEST_CASE("fin-drop: the orphan in FIN_WAIT1 is destroyed within the teardown bo
 
 TEST_CASE("fin-wait2: the orphan in FIN_WAIT2 ends by tcp_fin_timeout within the bound") {
   if (!lab_available()) return;
-  const auto d = run_one("fin-wait2", "local_close", "none", {"FIN_WAIT1", "FIN_WAIT2", "gone"});
+  const auto d = run_one("fin-wait2", "local_close", "none", {"FIN_WAIT1", "FIN_WAIT2", "gone"},
+                         {"FIN_WAIT1"});
   CHECK(d.at("fin_timeout_ms").as_int64() == 2000);
   CHECK(d.at("ended_by").as_string() == "tcp_fin_timeout");
 }
@@ -244,7 +252,8 @@ TEST_CASE("fin-wait2: the orphan in FIN_WAIT2 ends by tcp_fin_timeout within the
 TEST_CASE("time-wait: a complete close stays in TIME_WAIT for its fixed minute", "[.time-wait]") {
   if (!lab_available()) return;
   const auto d =
-      run_one("time-wait", "local_close", "none", {"FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "gone"});
+      run_one("time-wait", "local_close", "none", {"FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "gone"},
+              {"FIN_WAIT1", "FIN_WAIT2"});
   CHECK(d.at("state_ms").to_number<double>() >= 60'000.0);
 }
 
