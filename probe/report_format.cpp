@@ -1,6 +1,8 @@
 // probe report, the formats: an aligned table for people, RFC 4180 CSV and JSON for tools.
 #include "report.hpp"
 
+#include <deadpeer/json_text.hpp>
+
 #include "report_text.hpp"
 
 #include <boost/json.hpp>
@@ -41,46 +43,6 @@ std::string format_ratio(double ratio) {
   return ratio < 0.005 ? std::string("<0.01") : printf_text("%.2f", ratio);
 }
 
-// --- JSON ------------------------------------------------------------------------------
-
-/// Boost.JSON prints doubles in exponent form (8.42E2); this writer prints them shortest
-/// ("842"), one array element per line, which reads better and parses the same.
-void write_json(std::string& out, const boost::json::value& v) {
-  switch (v.kind()) {
-    case boost::json::kind::double_: {
-      const double d = v.get_double();
-      out += std::isfinite(d) ? number_text(d) : std::string("null");
-      break;
-    }
-    case boost::json::kind::object: {
-      out += '{';
-      bool first = true;
-      for (const auto& [key, value] : v.get_object()) {
-        if (!first) out += ", ";
-        first = false;
-        out += boost::json::serialize(boost::json::value(key));
-        out += ": ";
-        write_json(out, value);
-      }
-      out += '}';
-      break;
-    }
-    case boost::json::kind::array: {
-      out += '[';
-      bool first = true;
-      for (const auto& element : v.get_array()) {
-        out += first ? "\n  " : ",\n  ";
-        first = false;
-        write_json(out, element);
-      }
-      out += first ? "]" : "\n]";
-      break;
-    }
-    default:
-      out += boost::json::serialize(v);
-  }
-}
-
 }  // namespace
 
 // --- formats ---------------------------------------------------------------------------
@@ -114,7 +76,10 @@ std::string false_verdict_table(const std::vector<summary_row>& rows) {
     const double rate = *r.false_verdicts_per_hour;
     cells.push_back({r.fault, r.configuration, std::to_string(r.trials), std::to_string(r.survived),
                      std::to_string(r.premature), trial_time_text(r.trial_time_ms),
-                     printf_text(rate >= 100 ? "%.0f" : rate >= 10 ? "%.1f" : "%.2f", rate)});
+                     printf_text(rate >= 100  ? "%.0f"
+                                 : rate >= 10 ? "%.1f"
+                                              : "%.2f",
+                                 rate)});
   }
   if (cells.size() == 1) return {};
   std::vector<std::size_t> width(cells[0].size(), 0);
@@ -140,12 +105,12 @@ std::string false_verdict_table(const std::vector<summary_row>& rows) {
 }  // namespace
 
 std::string format_table(const std::vector<summary_row>& rows) {
-  const std::vector<std::string> header{
-      "fault",     "configuration", "n",           "p50",      "p95",       "max", "bound",
-      "max/bound", "p50/bound",     "over_bound", "detected_by", "failures", "wire_diff",
-      "answered"};
+  const std::vector<std::string> header{"fault",     "configuration", "n",           "p50",
+                                        "p95",       "max",           "bound",       "max/bound",
+                                        "p50/bound", "over_bound",    "detected_by", "failures",
+                                        "wire_diff", "answered"};
   // Numbers are right-aligned, words left-aligned.
-  const std::vector<bool> right{false, false, true, true,  true,  true, true,
+  const std::vector<bool> right{false, false, true, true,  true, true, true,
                                 true,  true,  true, false, true, true, true};
   auto latency = [](const std::optional<double>& ms) {
     return ms ? format_latency(*ms) : std::string("-");
@@ -161,12 +126,12 @@ std::string format_table(const std::vector<summary_row>& rows) {
          r.detected_by.empty() ? "-" : r.detected_by, std::to_string(r.failures()),
          r.wire_seen == 0 ? "-"
                           : std::to_string(r.wire_disagree) + "/" + std::to_string(r.wire_seen),
-         r.observed == 0 ? "-"
-                         : std::to_string(r.answer_read) + "/" + std::to_string(r.observed) +
-                               (r.answer_after_error == 0
-                                    ? ""
-                                    : " (" + std::to_string(r.answer_after_error) +
-                                          " after an error)")});
+         r.observed == 0
+             ? "-"
+             : std::to_string(r.answer_read) + "/" + std::to_string(r.observed) +
+                   (r.answer_after_error == 0
+                        ? ""
+                        : " (" + std::to_string(r.answer_after_error) + " after an error)")});
   std::vector<std::size_t> width(header.size(), 0);
   for (const auto& line : cells)
     for (std::size_t c = 0; c < line.size(); ++c)
@@ -275,9 +240,8 @@ std::string format_json(const std::vector<summary_row>& rows) {
     o["false_verdicts_per_hour"] = number(r.false_verdicts_per_hour);
     array.push_back(std::move(o));
   }
-  std::string out;
-  write_json(out, array);
-  return out + "\n";
+  // Plain numbers (never exponent form), one row per line.
+  return deadpeer::json_text(array, deadpeer::json_layout::rows) + "\n";
 }
 
 }  // namespace report

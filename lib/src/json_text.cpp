@@ -33,7 +33,8 @@ void append_number(std::string& out, double x) {
 
 }  // namespace
 
-void append_json_text(std::string& out, const json::value& v) {
+void append_json_text(std::string& out, const json::value& v, json_layout layout) {
+  const bool rows = layout == json_layout::rows;
   switch (v.kind()) {
     case json::kind::double_:
       append_number(out, v.get_double());
@@ -42,11 +43,11 @@ void append_json_text(std::string& out, const json::value& v) {
       out += '{';
       bool first = true;
       for (const auto& [key, member] : v.get_object()) {
-        if (!first) out += ',';
+        if (!first) out += rows ? ", " : ",";
         first = false;
         out += json::serialize(key);
-        out += ':';
-        append_json_text(out, member);
+        out += rows ? ": " : ":";
+        append_json_text(out, member, layout);
       }
       out += '}';
       return;
@@ -55,11 +56,14 @@ void append_json_text(std::string& out, const json::value& v) {
       out += '[';
       bool first = true;
       for (const auto& element : v.get_array()) {
-        if (!first) out += ',';
+        if (rows)
+          out += first ? "\n  " : ",\n  ";
+        else if (!first)
+          out += ',';
         first = false;
-        append_json_text(out, element);
+        append_json_text(out, element, layout);
       }
-      out += ']';
+      out += rows && !first ? "\n]" : "]";
       return;
     }
     default:
@@ -68,9 +72,9 @@ void append_json_text(std::string& out, const json::value& v) {
   }
 }
 
-std::string json_text(const json::value& v) {
+std::string json_text(const json::value& v, json_layout layout) {
   std::string out;
-  append_json_text(out, v);
+  append_json_text(out, v, layout);
   return out;
 }
 
