@@ -19,6 +19,8 @@
 // ("... did not properly respond after a period of time...") still matches.
 #include <deadpeer/cause.hpp>
 
+#include "ascii_text.hpp"
+
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -315,17 +317,8 @@ constexpr auto texts = std::to_array<known_text>({
      true},
 });
 
-constexpr char lower(char c) {
-  return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
-constexpr bool same_ignoring_case(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
+using detail::lower;
+using detail::same_ignoring_case;
 
 constexpr bool is_word_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';

@@ -3,23 +3,14 @@
 // alone.
 #include <deadpeer/control_api.hpp>
 
+#include "ascii_text.hpp"
+
 #include <boost/asio/ip/address.hpp>
 
 #include <algorithm>
-#include <cctype>
 #include <string>
 
 namespace deadpeer {
-namespace {
-
-bool same_name(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
-}  // namespace
 
 bool host_allowed(std::string_view value, const control_access& access) {
   std::string_view name = value;
@@ -36,9 +27,10 @@ bool host_allowed(std::string_view value, const control_access& access) {
   boost::system::error_code not_ip;
   (void)boost::asio::ip::make_address(std::string(name), not_ip);
   if (!not_ip) return true;
-  if (same_name(name, "localhost")) return true;
-  return std::any_of(access.host_names.begin(), access.host_names.end(),
-                     [&](const std::string& allowed) { return same_name(name, allowed); });
+  if (detail::same_ignoring_case(name, "localhost")) return true;
+  return std::any_of(
+      access.host_names.begin(), access.host_names.end(),
+      [&](const std::string& allowed) { return detail::same_ignoring_case(name, allowed); });
 }
 
 }  // namespace deadpeer
