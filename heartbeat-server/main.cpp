@@ -8,6 +8,7 @@
 #include <deadpeer/endpoint.hpp>
 #include <deadpeer/keepalive.hpp>
 #include <deadpeer/log.hpp>
+#include <deadpeer/secret_file.hpp>
 #include <deadpeer/server.hpp>
 #include <deadpeer/store.hpp>
 
@@ -76,19 +77,13 @@ std::size_t count_option(const po::variables_map& vm, const char* name, std::siz
   return value;
 }
 
-// The first line of a secret's file (`flag` names it in messages).
+// The secret in a file (deadpeer::read_secret_file), refused with `flag` named.
 std::string read_token_file(const std::string& path, const std::string& flag) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec))
-    throw usage_error(flag + " \"" + path + "\" is a directory; give the file holding the token");
-  std::ifstream in(path);
-  if (!in) throw usage_error(flag + " \"" + path + "\": cannot be read");
-  std::string token;
-  std::getline(in, token);
-  while (!token.empty() && (token.back() == '\r' || token.back() == ' '))
-    token.pop_back();
-  if (token.empty()) throw usage_error(flag + " \"" + path + "\": the first line is empty");
-  return token;
+  try {
+    return deadpeer::read_secret_file(path);
+  } catch (const deadpeer::config_error& e) {
+    throw usage_error(flag + " " + e.what());
+  }
 }
 
 po::options_description describe_options() {
@@ -519,6 +514,9 @@ int main(int argc, char** argv) {
     }
     auto& server = *held;
     server.start();
+    // Before the banner: whoever waits for it may signal at once, and a signal that came
+    // before the handlers would end the process without its stop.
+    signal_handler signals(io, server, argc, argv, options);
     {
       deadpeer::log_line banner(deadpeer::log_level::info, 1);
       banner << "heartbeat-server listening on " << server.local_endpoint();
@@ -536,7 +534,6 @@ int main(int argc, char** argv) {
              "it reads client ids and peer addresses. Give --control-token-file FILE, or "
              "listen on 127.0.0.1 (--control 127.0.0.1:PORT).";
 
-    signal_handler signals(io, server, argc, argv, options);
     io.run();
     if (const auto lost = server.records_not_written(); lost != 0) {
       deadpeer::log_line(deadpeer::log_level::error)

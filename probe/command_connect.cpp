@@ -10,6 +10,7 @@
 #include <deadpeer/duration.hpp>
 #include <deadpeer/endpoint.hpp>
 #include <deadpeer/keepalive.hpp>
+#include <deadpeer/secret_file.hpp>
 #include <deadpeer/session.hpp>
 
 #include <boost/asio/as_tuple.hpp>
@@ -25,7 +26,6 @@
 
 #include <csignal>
 #include <cstdlib>
-#include <fstream>
 #include <iostream>
 #include <random>
 
@@ -200,14 +200,11 @@ int command_connect(const std::vector<std::string>& args) {
   if (vm.count("auth-token") + vm.count("auth-token-file") > 1)
     throw usage_error("--auth-token and --auth-token-file: give the secret one way");
   if (vm.count("auth-token-file") != 0) {
-    const auto path = vm["auth-token-file"].as<std::string>();
-    std::ifstream in(path);
-    std::getline(in, s.session.auth_token);
-    while (!s.session.auth_token.empty() &&
-           (s.session.auth_token.back() == '\r' || s.session.auth_token.back() == ' '))
-      s.session.auth_token.pop_back();
-    if (!in && s.session.auth_token.empty())
-      throw usage_error("--auth-token-file \"" + path + "\": cannot be read, or its first line is empty");
+    try {
+      s.session.auth_token = deadpeer::read_secret_file(vm["auth-token-file"].as<std::string>());
+    } catch (const deadpeer::config_error& e) {
+      throw usage_error(std::string("--auth-token-file ") + e.what());
+    }
   } else if (vm.count("auth-token") != 0) {
     s.session.auth_token = vm["auth-token"].as<std::string>();
     std::cerr << "probe connect: note: --auth-token is visible to other users of this host "
