@@ -448,22 +448,30 @@ struct server::impl : control_source,
     std::vector<std::string> said;
     const auto changed = [&](const std::string& what, const std::string& from,
                              const std::string& to) {
-      if (from != to) said.push_back(what + " " + from + " -> " + to);
+      if (from == to) return false;
+      said.push_back(what + " " + from + " -> " + to);
+      return true;
+    };
+    // Each comparison runs (every change is said); any one makes a new generation.
+    bool new_connections_change = false;
+    const auto changed_for_new = [&](const std::string& what, const std::string& from,
+                                     const std::string& to) {
+      new_connections_change |= changed(what + " (new connections)", from, to);
     };
     const auto& now = generations.back();
     const auto& e = now.engine;
-    changed("keepalive (new connections)", now.keepalive_spec, made.keepalive_spec);
-    changed("detector (new connections)", now.detector_description, made.detector_description);
-    changed("heartbeat interval range (new connections)",
-            format_duration(e.min_interval) + ".." + format_duration(e.max_interval),
-            format_duration(made.engine.min_interval) + ".." +
-                format_duration(made.engine.max_interval));
-    changed("default interval (new connections)", format_duration(e.default_interval),
-            format_duration(made.engine.default_interval));
-    changed("handshake timeout (new connections)", format_duration(e.handshake_timeout),
-            format_duration(made.engine.handshake_timeout));
-    changed("on eof (new connections)", e.end_on_eof ? "end" : "reap",
-            made.engine.end_on_eof ? "end" : "reap");
+    changed_for_new("keepalive", now.keepalive_spec, made.keepalive_spec);
+    changed_for_new("detector", now.detector_description, made.detector_description);
+    changed_for_new("heartbeat interval range",
+                    format_duration(e.min_interval) + ".." + format_duration(e.max_interval),
+                    format_duration(made.engine.min_interval) + ".." +
+                        format_duration(made.engine.max_interval));
+    changed_for_new("default interval", format_duration(e.default_interval),
+                    format_duration(made.engine.default_interval));
+    changed_for_new("handshake timeout", format_duration(e.handshake_timeout),
+                    format_duration(made.engine.handshake_timeout));
+    changed_for_new("on eof", e.end_on_eof ? "end" : "reap",
+                    made.engine.end_on_eof ? "end" : "reap");
     {
       std::lock_guard lock(registry_mutex);
       changed("max connections", std::to_string(options.max_connections),
@@ -474,9 +482,6 @@ struct server::impl : control_source,
       options.max_per_ip = next.max_per_ip;
       options.auth_token = next.auth_token;
     }
-    const bool new_connections_change = std::any_of(
-        said.begin(), said.end(),
-        [](const std::string& s) { return s.find("(new connections)") != std::string::npos; });
     if (new_connections_change) {
       generations.push_back(std::move(made));
       const auto* latest = &generations.back();
@@ -617,12 +622,9 @@ struct server::impl : control_source,
   // work before the first event; other values appear when they first happen.
   std::string metrics_text() override {
     std::string out;
-    const auto gauge = [&out](const char* name, const char* help, double value) {
-      metrics::write_header(out, name, "gauge", help);
-      metrics::write_sample(out, name, "", value);
-    };
-    const auto counter_family = [&out](const char* name, const char* help, double value) {
-      metrics::write_header(out, name, "counter", help);
+    // A family of one sample without labels.
+    const auto single = [&out](const char* name, const char* type, const char* help, double value) {
+      metrics::write_header(out, name, type, help);
       metrics::write_sample(out, name, "", value);
     };
     const auto label = [](std::string_view key, std::string_view value) {
@@ -635,22 +637,22 @@ struct server::impl : control_source,
         label("version", DEADPEER_VERSION) + "," + label("commit", DEADPEER_GIT_COMMIT) + "," +
             label("boost", BOOST_LIB_VERSION) + "," + label("sqlite", sqlite_version()),
         1);
-    gauge("deadpeer_live_connections",
-          "Connections currently held, handshaking, established or closing.",
-          static_cast<double>(held.load()));
+    single("deadpeer_live_connections", "gauge",
+           "Connections currently held, handshaking, established or closing.",
+           static_cast<double>(held.load()));
     std::size_t established = 0;
     for (const auto n : gather<std::size_t>([](server_loop& l) { return l.established(); }))
       established += n;
-    gauge("deadpeer_established_connections", "Connections past the handshake.",
-          static_cast<double>(established));
+    single("deadpeer_established_connections", "gauge", "Connections past the handshake.",
+           static_cast<double>(established));
     auto rtt = gather<metrics::histogram>([](server_loop& l) { return l.rtt_histogram(); });
     {
       std::lock_guard lock(stats_mutex);
-      counter_family("deadpeer_accepted_connections_total", "Connections accepted.",
-                     static_cast<double>(counter("accepted")));
-      counter_family("deadpeer_superseded_total",
-                     "Sessions replaced because their client id connected again.",
-                     static_cast<double>(counter("superseded")));
+      single("deadpeer_accepted_connections_total", "counter", "Connections accepted.",
+             static_cast<double>(counter("accepted")));
+      single("deadpeer_superseded_total", "counter",
+             "Sessions replaced because their client id connected again.",
+             static_cast<double>(counter("superseded")));
       // Detections (a mechanism found the peer gone) and agreed ends, apart.
       std::map<std::pair<std::string, std::string>, std::uint64_t> detections;
       std::map<std::string, std::uint64_t> agreed;
@@ -707,13 +709,14 @@ struct server::impl : control_source,
     merged.write(out, "deadpeer_heartbeat_rtt_seconds",
                  "Heartbeat round-trip times (PING to PONG).");
     if (store) {
-      gauge("deadpeer_store_queue_depth", "Connection ends waiting to be written to the database.",
-            static_cast<double>(store->queued()));
-      counter_family("deadpeer_store_written_total", "Connection ends written to the database.",
-                     static_cast<double>(store->written()));
-      gauge("deadpeer_store_failing",
-            "1 while the database cannot be written (see /status for the error), else 0.",
-            store->failing() ? 1 : 0);
+      single("deadpeer_store_queue_depth", "gauge",
+             "Connection ends waiting to be written to the database.",
+             static_cast<double>(store->queued()));
+      single("deadpeer_store_written_total", "counter", "Connection ends written to the database.",
+             static_cast<double>(store->written()));
+      single("deadpeer_store_failing", "gauge",
+             "1 while the database cannot be written (see /status for the error), else 0.",
+             store->failing() ? 1 : 0);
     }
     metrics::write_process_metrics(out);
     return out;
