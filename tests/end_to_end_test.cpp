@@ -253,6 +253,55 @@ TEST_CASE("end to end: two heartbeat-server processes share one port with --reus
   CHECK(b > 0);
 }
 
+TEST_CASE("end to end: a server starved past dead-after reads its clients' PINGs before judging them") {
+  // SIGSTOP models a starved host (a busy CPU, a swap storm). While it lasts, 400 clients
+  // go on pinging: on waking, the server has more ready sockets than one epoll batch
+  // (256) and every connection's deadline has passed. PINGs waiting in a socket are life,
+  // whatever order the loop handles its wake-up in.
+  running_server server({}, {"--threads", "1", "--interval-max", "1s", "--detector", "fixed",
+                             "--dead-after", "1500ms"});
+  std::vector<std::unique_ptr<deadpeer::test::raw_peer>> peers;
+  std::uint64_t sequence = 0;
+  int refused_sends = 0;  // a connection the server ended answers our next PING with RST
+  auto last_round = std::chrono::steady_clock::now();
+  // Every client PINGs every 800 ms: between I/2 and I, so no ping strike (protocol §6);
+  // the 3 or so PINGs queued during the stop are read at once, 2 strikes of the 5 allowed.
+  const auto ping_when_due = [&] {
+    if (std::chrono::steady_clock::now() - last_round < 800ms) return;
+    last_round = std::chrono::steady_clock::now();
+    for (auto& p : peers) {
+      try {
+        p->send_frame(deadpeer::wire::ping{.sequence = ++sequence, .timestamp_ns = 0});
+      } catch (const std::exception&) {
+        ++refused_sends;
+      }
+    }
+  };
+  for (int i = 0; i < 400; ++i) {
+    peers.push_back(std::make_unique<deadpeer::test::raw_peer>(server.port));
+    peers.back()->handshake("starved-" + std::to_string(i), 1000ms);
+    ping_when_due();
+  }
+  REQUIRE(server.status().at("live").as_int64() == 400);
+  const auto pinging_for = [&](std::chrono::milliseconds span) {
+    for (const auto until = std::chrono::steady_clock::now() + span;
+         std::chrono::steady_clock::now() < until;) {
+      ping_when_due();
+      std::this_thread::sleep_for(10ms);
+    }
+  };
+  pinging_for(500ms);
+  REQUIRE(::kill(server.process->pid(), SIGSTOP) == 0);
+  pinging_for(2500ms);  // beyond dead-after
+  REQUIRE(::kill(server.process->pid(), SIGCONT) == 0);
+  pinging_for(1s);
+  const auto status = server.status();
+  INFO(json::serialize(status));
+  CHECK(status.at("live").as_int64() == 400);
+  CHECK(status.at("ended_by_cause").as_object().empty());
+  CHECK(refused_sends == 0);
+}
+
 TEST_CASE("end to end: probe measures an external server over IPv6 and labels its real keepalive") {
   const auto dir = fs::temp_directory_path() / ("deadpeer-e2e-v6-" + std::to_string(::getpid()));
   fs::create_directories(dir);

@@ -497,7 +497,18 @@ void server_loop::on_deadline(std::uint32_t slot) {
                                                         : "reaped:close_wait");
     c.engine->abort(cause::reaped, detected_by::reaper, now);
   } else {
-    c.engine->on_timeout(now, out_);
+    // Bytes waiting in the socket are life: read them before judging the silence. A loop
+    // that fell behind (more ready sockets than one epoll batch, a starved CPU) would
+    // otherwise declare dead a peer whose PING it simply has not read yet. A deadline
+    // fires only when the peer is late, so this recv is rare.
+    if (c.reading) {
+      const auto generation = c.generation;
+      on_readable(slot);
+      if (at(slot).state != phase::open || at(slot).generation != generation || c.engine->ended())
+        return;
+      observer_->slot = slot;
+    }
+    c.engine->on_timeout(steady_clock::now(), out_);
   }
   after_engine(slot);
 }
