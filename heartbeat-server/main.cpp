@@ -139,6 +139,9 @@ po::options_description describe_options() {
        "adaptive detector: how long the longest silence is remembered")  //
       ("adaptive-max", po::value<double>()->default_value(10.0)->value_name("X"),
        "adaptive detector: never waits longer than X heartbeat intervals (its worst case)")  //
+      ("adaptive-slack", po::value<std::string>()->default_value("50ms")->value_name("DURATION"),
+       "adaptive detector: never declares dead before 1.1 intervals plus this (the protocol "
+       "promises when a frame is sent; timers, readers and the network add some delay)")  //
       ("dead-after", po::value<std::string>()->value_name("DURATION"),
        "fixed detector: silence that means dead (default: --dead-after-multiplier x interval)")  //
       ("dead-after-multiplier", po::value<double>()->default_value(3.0)->value_name("X"),
@@ -259,6 +262,7 @@ deadpeer::server_options build_options(const po::variables_map& vm) {
     throw usage_error("--adaptive-memory " + vm["adaptive-memory"].as<std::string>() +
                       ": expected at least 1m, e.g. 20h");
   a.memory = std::chrono::duration_cast<std::chrono::minutes>(memory);
+  a.delivery_slack = duration_option(vm, "adaptive-slack");
   a.max_multiplier = vm["adaptive-max"].as<double>();
   if (!std::isfinite(a.max_multiplier) || a.max_multiplier < a.min_multiplier)
     throw usage_error("--adaptive-max: expected a number of at least " +

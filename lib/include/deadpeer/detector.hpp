@@ -54,6 +54,11 @@ struct adaptive_detector_config {
   /// Never dead before this multiple of the interval: the peer promises a frame within
   /// 1.1 x interval of its previous one (protocol §6).
   double min_multiplier = 1.1;
+  /// Added to min_multiplier x interval: the protocol promises when a frame is sent, not
+  /// when it is read. Timers fire a few ms late, a busy receiver reads late, and the
+  /// network's delay varies before the link has shown by how much: without it, a peer that
+  /// keeps its promise to the ms is declared dead when the learned tail is still narrow.
+  std::chrono::milliseconds delivery_slack{50};
   /// Never later than this multiple: the worst case, and the bound the probe measures against.
   double max_multiplier = 10.0;
   /// A link just met may still pause (a garbage collector, a busy host): until it has shown
