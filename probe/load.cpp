@@ -21,6 +21,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <numeric>
 #include <queue>
 #include <random>
 #include <sstream>
@@ -894,7 +895,15 @@ struct engine::impl {
     stopping = true;
     storm_active = false;
     result.held_at_end = prog.held;
-    for (std::uint32_t index = 0; index < conns.size(); ++index) {
+    // The BYEs go out in one pass that takes a while at scale (about 8 us each: 150 ms for
+    // 19,500): the connections whose next PING is due soonest say BYE first, so none falls
+    // silent past its promise while it waits its turn (a server would rightly call it dead).
+    std::vector<std::uint32_t> order(conns.size());
+    std::iota(order.begin(), order.end(), 0u);
+    std::sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) {
+      return conns[a].ping_due_ns < conns[b].ping_due_ns;
+    });
+    for (const auto index : order) {
       auto& c = conns[index];
       if (c.state == conn_state::burst_wait) {
         ++result.burst_failures["hold ended before it connected again"];
