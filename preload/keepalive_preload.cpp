@@ -133,7 +133,10 @@ void announce() {
                  config.interval_s, config.count);
   if (config.user_timeout_ms >= 0) std::fprintf(stderr, ", user timeout %ldms", config.user_timeout_ms);
   if (idle_bound_ms >= 0)
-    std::fprintf(stderr, "; a dead idle peer is noticed within %.1fs", static_cast<double>(idle_bound_ms) / 1000);
+    std::fprintf(stderr,
+                 "; a dead idle peer is noticed after %.1fs nominally (the kernel's timers run "
+                 "a little later: `probe bound` gives the bound)",
+                 static_cast<double>(idle_bound_ms) / 1000);
   std::fprintf(stderr, "\n");
 }
 
