@@ -115,12 +115,12 @@ std::string quoted_path(const fs::path& path) {
 std::string terminal_line(const std::string& gnuplot, bool svg, std::size_t width, std::size_t height,
                           const fs::path& log) {
   const auto size = " size " + std::to_string(width) + "," + std::to_string(height);
-  if (svg) return "set terminal svg" + size + " font \"sans,10\" noenhanced\n";
+  if (svg) return "set terminal svg" + size + " font \"sans,12\" noenhanced\n";
   // pngcairo draws antialiased text; the libgd png terminal is the fallback.
   run_program(gnuplot, {"-e", "set terminal"}, log);
   const bool cairo = read_text(log).find("pngcairo") != std::string::npos;
   return std::string("set terminal ") + (cairo ? "pngcairo" : "png") + size +
-         (cairo ? " font \"sans,10\"" : "") + " noenhanced\n";
+         (cairo ? " font \"sans,12\"" : "") + " noenhanced\n";
 }
 
 void draw(const std::string& gnuplot, const fs::path& script, const fs::path& image,

@@ -51,6 +51,12 @@ struct trial_row {
   std::optional<double> trial_time_ms;
 };
 
+/// A detected trial later than the bound its settings promised (the report's over_bound).
+inline bool over_bound(const trial_row& t) {
+  return t.outcome == "detected" && t.latency_ms && t.bound_ms >= 0 &&
+         *t.latency_ms > static_cast<double>(t.bound_ms);
+}
+
 /// True when the wire and the application disagree by more than 5 ms or 2% of the latency.
 bool wire_disagrees(double wire_gap_ms, double latency_ms);
 

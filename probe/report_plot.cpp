@@ -61,6 +61,18 @@ double jitter(std::size_t k) {
   return (f - std::floor(f) - 0.5) * 0.5;
 }
 
+/// Tic labels for a log axis of seconds, in the units people read: 1 µs ... 1 h.
+std::string human_time_tics() {
+  const std::pair<const char*, const char*> tics[] = {
+      {"1 µs", "1e-6"}, {"10 µs", "1e-5"}, {"100 µs", "1e-4"}, {"1 ms", "0.001"},
+      {"10 ms", "0.01"}, {"100 ms", "0.1"},  {"1 s", "1"},       {"10 s", "10"},
+      {"1 min", "60"},  {"10 min", "600"},  {"1 h", "3600"}};
+  std::string text;
+  for (const auto& [label, seconds] : tics)
+    text += (text.empty() ? "" : ", ") + gp_quoted(label) + " " + seconds;
+  return text;
+}
+
 /// A latency in seconds for a log axis (a 0 ms latency would vanish: shown as 1 µs).
 double plot_seconds(double ms) {
   return std::max(ms, 0.001) / 1000.0;
@@ -77,8 +89,11 @@ void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials
   for (std::size_t i = 0; i < rows.size(); ++i)
     column_of[{rows[i].fault, rows[i].config_key}] = i;
 
-  // Panel 1 data: x = the configuration's column (plus jitter), y = latency in seconds.
+  // Panel 1 data: x = the configuration's column (plus jitter), y = latency in seconds;
+  // trials later than their bound apart, drawn so they stand out.
   std::string points;
+  std::string over;
+  std::size_t over_count = 0;
   std::vector<std::size_t> placed(rows.size(), 0);
   std::map<std::string, std::vector<double>> by_layer;
   for (const auto& t : trials) {
@@ -86,8 +101,14 @@ void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials
     const auto found = column_of.find({t.fault, t.config_key});
     if (found == column_of.end()) continue;
     const auto column = found->second;
-    points += number_text(static_cast<double>(column) + jitter(placed[column]++)) + " " +
-              number_text(plot_seconds(*t.latency_ms)) + "\n";
+    const auto point = number_text(static_cast<double>(column) + jitter(placed[column]++)) + " " +
+                       number_text(plot_seconds(*t.latency_ms)) + "\n";
+    if (over_bound(t)) {
+      over += point;
+      ++over_count;
+    } else {
+      points += point;
+    }
     by_layer[t.detected_by.empty() ? std::string("unknown") : t.detected_by].push_back(
         plot_seconds(*t.latency_ms));
   }
@@ -114,6 +135,7 @@ void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials
   const auto points_file = dir.path() / "trials.dat";
   const auto bounds_file = dir.path() / "bounds.dat";
   const auto layers_file = dir.path() / "layers.dat";
+  const auto over_file = dir.path() / "over.dat";
   const auto script_file = dir.path() / "plot.gp";
   const auto log_file = dir.path() / "gnuplot.log";
   const bool svg = plot_format(png_path) == "svg";
@@ -121,6 +143,7 @@ void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials
   write_text(points_file, points);
   write_text(bounds_file, bounds);
   write_text(layers_file, layers);
+  write_text(over_file, over);
 
 
   std::string config_tics;
@@ -140,14 +163,14 @@ void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials
                             "\n(n=" + std::to_string(by_layer[layer_names[i]].size()) + ")") +
                   " " + std::to_string(i + 1);
 
-  const std::size_t width = std::clamp<std::size_t>(160 * rows.size() + 200, 1000, 8000);
+  const std::size_t width = std::clamp<std::size_t>(190 * rows.size() + 200, 1000, 9000);
   std::ostringstream gp;
   gp << probe::gnuplot::terminal_line(gnuplot, svg, width, 1100, log_file);
   gp << "set output " << gp_path(image_file) << "\n"
      << "set multiplot layout 2,1 title " << gp_quoted(title) << "\n"
      << "set logscale y\n"
-     << "set format y \"%g\"\n"
-     << "set ylabel \"detection latency (s)\"\n"
+     << "set ytics (" << human_time_tics() << ")\n"
+     << "set ylabel \"detection latency\"\n"
      << "set grid ytics\n"
      << "set key outside top center horizontal\n"
      << "set bmargin " << label_height + 2 << "\n"
@@ -163,7 +186,12 @@ void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials
           "\"#d62728\" title \"promised bound\", ";
   gp << gp_path(points_file)
      << " using 1:2 with points pointtype 7 pointsize 0.7 linecolor rgb \"#1f77b4\" title "
-        "\"detected trial\"\n";
+        "\"detected trial\"";
+  if (over_count > 0)
+    gp << ", " << gp_path(over_file)
+       << " using 1:2 with points pointtype 9 pointsize 1.6 linecolor rgb \"#d62728\" title "
+       << gp_quoted("over its bound (" + std::to_string(over_count) + ")");
+  gp << "\n";
   gp << "set title \"latency distribution per detecting layer (all configurations)\"\n"
      << "set bmargin 4\n"
      << "set xrange [0.3:" << static_cast<double>(layer_names.size()) + 0.7 << "]\n"

@@ -133,8 +133,7 @@ std::vector<summary_row> summarize(const std::vector<trial_row>& rows) {
     if (row.outcome == "detected") {
       ++s.detected;
       if (row.latency_ms) g.latencies.push_back(*row.latency_ms);
-      if (row.latency_ms && row.bound_ms >= 0 && *row.latency_ms > static_cast<double>(row.bound_ms))
-        ++s.over_bound;
+      if (over_bound(row)) ++s.over_bound;
       if (row.wire_gap_ms && row.latency_ms) {
         ++s.wire_seen;
         if (wire_disagrees(*row.wire_gap_ms, *row.latency_ms)) ++s.wire_disagree;

@@ -485,6 +485,25 @@ TEST_CASE("end to end: a database written by event_store is reported") {
       const std::string text{std::istreambuf_iterator<char>(in), {}};
       CHECK(text.find("<svg") != std::string::npos);
       CHECK_FALSE(starts_with_png_signature(svg));
+      // The latency axis reads in human units, and trials over their bound stand out.
+      CHECK(text.find(">1 s<") != std::string::npos);
+      const auto over = std::count_if(all.begin(), all.end(),
+                                      [](const auto& t) { return probe::report::over_bound(t); });
+      REQUIRE(over > 0);  // the database holds a trial later than its bound
+      CHECK(text.find("over its bound (" + std::to_string(over) + ")") != std::string::npos);
+      auto late = all;
+      const auto detected = std::find_if(late.begin(), late.end(), [](const auto& t) {
+        return t.outcome == "detected" && t.latency_ms && *t.latency_ms > 1 &&
+               !probe::report::over_bound(t);
+      });
+      REQUIRE(detected != late.end());
+      detected->bound_ms = static_cast<std::int64_t>(*detected->latency_ms) - 1;
+      const auto marked = dir.file("marked.svg");
+      write_plot(*gnuplot, late, s, marked, "test");
+      std::ifstream marked_in(marked);
+      const std::string marked_text{std::istreambuf_iterator<char>(marked_in), {}};
+      CHECK(marked_text.find("over its bound (" + std::to_string(over + 1) + ")") !=
+            std::string::npos);
     }
   }
   SECTION("without gnuplot the table is still printed, then exit 1 with what to install") {
