@@ -93,7 +93,6 @@ void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials
   // trials later than their bound apart, drawn so they stand out.
   std::string points;
   std::string over;
-  std::size_t over_count = 0;
   std::vector<std::size_t> placed(rows.size(), 0);
   std::map<std::string, std::vector<double>> by_layer;
   for (const auto& t : trials) {
@@ -103,12 +102,7 @@ void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials
     const auto column = found->second;
     const auto point = number_text(static_cast<double>(column) + jitter(placed[column]++)) + " " +
                        number_text(plot_seconds(*t.latency_ms)) + "\n";
-    if (over_bound(t)) {
-      over += point;
-      ++over_count;
-    } else {
-      points += point;
-    }
+    (over_bound(t) ? over : points) += point;
     by_layer[t.detected_by.empty() ? std::string("unknown") : t.detected_by].push_back(
         plot_seconds(*t.latency_ms));
   }
@@ -187,7 +181,7 @@ void write_plot(const std::string& gnuplot, const std::vector<trial_row>& trials
   gp << gp_path(points_file)
      << " using 1:2 with points pointtype 7 pointsize 0.7 linecolor rgb \"#1f77b4\" title "
         "\"detected trial\"";
-  if (over_count > 0)
+  if (const auto over_count = std::count(over.begin(), over.end(), '\n'); over_count > 0)
     gp << ", " << gp_path(over_file)
        << " using 1:2 with points pointtype 9 pointsize 1.6 linecolor rgb \"#d62728\" title "
        << gp_quoted("over its bound (" + std::to_string(over_count) + ")");

@@ -1,6 +1,7 @@
 #include "../probe/report.hpp"
 
 #include "../probe/cli.hpp"
+#include "../probe/gnuplot.hpp"
 
 #include <deadpeer/store.hpp>
 
@@ -18,7 +19,6 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <iterator>
 #include <random>
 #include <sstream>
 #include <string>
@@ -481,8 +481,7 @@ TEST_CASE("end to end: a database written by event_store is reported") {
       // A name ending in .svg gets SVG from gnuplot's svg terminal, not a PNG misnamed.
       const auto svg = dir.file("plot.svg");
       CHECK(probe::command_report({"--db", db, "--plot", svg}) == probe::exit_ok);
-      std::ifstream in(svg);
-      const std::string text{std::istreambuf_iterator<char>(in), {}};
+      const auto text = probe::gnuplot::read_text(svg);
       CHECK(text.find("<svg") != std::string::npos);
       CHECK_FALSE(starts_with_png_signature(svg));
       // The latency axis reads in human units, and trials over their bound stand out.
@@ -500,10 +499,8 @@ TEST_CASE("end to end: a database written by event_store is reported") {
       detected->bound_ms = static_cast<std::int64_t>(*detected->latency_ms) - 1;
       const auto marked = dir.file("marked.svg");
       write_plot(*gnuplot, late, s, marked, "test");
-      std::ifstream marked_in(marked);
-      const std::string marked_text{std::istreambuf_iterator<char>(marked_in), {}};
-      CHECK(marked_text.find("over its bound (" + std::to_string(over + 1) + ")") !=
-            std::string::npos);
+      const auto marked_text = probe::gnuplot::read_text(marked);
+      CHECK(marked_text.find("over its bound (" + std::to_string(over + 1) + ")") != std::string::npos);
     }
   }
   SECTION("without gnuplot the table is still printed, then exit 1 with what to install") {
